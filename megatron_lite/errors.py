@@ -1,0 +1,25 @@
+"""The one exception type for user mistakes: entry points print it as one line and exit non-zero."""
+
+import sys
+
+
+class UserError(Exception):
+    """A problem with the user's input (config, file, flag); its message is one line naming the culprit."""
+
+
+def exit_on_user_error(main):
+    """Decorate an entry point so a UserError prints `error: ...` (no traceback) and exits with status 2."""
+
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    wrapped.__name__ = main.__name__
+    wrapped.__doc__ = main.__doc__
+    return wrapped
