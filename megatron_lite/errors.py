@@ -23,3 +23,16 @@ def exit_on_user_error(main):
     wrapped.__name__ = main.__name__
     wrapped.__doc__ = main.__doc__
     return wrapped
+
+
+_warned = set()
+
+
+def warn_once(message: str) -> None:
+    """Print `warning: ...` to stderr, once per distinct message (only rank 0 speaks)."""
+    import os
+
+    if message in _warned or int(os.environ.get("RANK", "0")) != 0:
+        return
+    _warned.add(message)
+    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,40 @@
+# The README's commands: `make demo` (whole pipeline on the Python standard library) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION := 2.13.0
+STDLIB := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
+DEMO := data/stdlib
+
+.PHONY: install demo test test-all bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install torch==$(TORCH_VERSION)
+	$(PY) -m pip install -e ".[test,bench]"
+	touch $@
+
+demo: install
+	$(PY) tools/collect_corpus.py --input $(STDLIB) --languages Python --output $(DEMO)/corpus.jsonl
+	$(PY) tools/train_tokenizer.py --input $(DEMO)/corpus.jsonl --vocab-size 8192 --output $(DEMO)/tokenizer
+	$(PY) tools/preprocess_data.py --input $(DEMO)/corpus.jsonl --tokenizer-type HFTokenizer \
+		--vocab-file $(DEMO)/tokenizer/tokenizer.json --append-eod --workers 2 --output-prefix $(DEMO)/stdlib
+	$(PY) deepy.py train.py configs/tiny.yml configs/local_setup.yml
+	$(PY) deepy.py eval.py configs/tiny.yml configs/local_setup.yml
+	$(PY) deepy.py generate.py configs/tiny.yml configs/local_setup.yml configs/text_generation.yml \
+		--prompt "def fibonacci(n):"
+
+# Fast suite (the one CI runs); `make test-all` adds the slow end-to-end tests.
+test: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) bench/train_throughput.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) checkpoints runs

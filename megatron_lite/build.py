@@ -1,0 +1,40 @@
+"""Shared construction steps of the entry points: tokenizer with padded vocab, and a trained model to use."""
+
+import torch
+
+from megatron_lite.config import Config, pad_vocab_size
+from megatron_lite.data.tokenizer import build_tokenizer
+from megatron_lite.errors import UserError
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def build_tokenizer_for(cfg: Config):
+    """Build the tokenizer and derive the model's padded vocabulary size from it."""
+    tokenizer = build_tokenizer(cfg.data.tokenizer_type, cfg.data.vocab_file, cfg.data.merge_file)
+    if cfg.model.padded_vocab_size is None:
+        cfg.model.padded_vocab_size = pad_vocab_size(
+            tokenizer.vocab_size, cfg.model.make_vocab_size_divisible_by, cfg.parallel.model_parallel_size)
+    elif cfg.model.padded_vocab_size < tokenizer.vocab_size:
+        raise UserError(
+            f"padded-vocab-size {cfg.model.padded_vocab_size} is smaller than the tokenizer's "
+            f"{tokenizer.vocab_size} tokens"
+        )
+    return tokenizer
+
+
+def load_trained_model(cfg: Config):
+    """(model in eval mode, tokenizer, device) from the checkpoint that 'load' names."""
+    from megatron_lite.model.gpt import GPTModel
+    from megatron_lite.training.checkpoint import load_model_weights, resolve_checkpoint
+
+    if not cfg.train.load:
+        raise UserError("no checkpoint to use: set 'load' to a save directory or a global_stepN directory")
+    ckpt = resolve_checkpoint(cfg.train.load)
+    tokenizer = build_tokenizer_for(cfg)
+    device = default_device()
+    model = GPTModel(cfg.model)
+    load_model_weights(ckpt, model)
+    return model.to(device).eval(), tokenizer, device

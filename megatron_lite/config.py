@@ -1,0 +1,174 @@
+"""Sectioned configuration dataclasses: the only home of defaults.
+
+Each field is one config key (GPT-NeoX spelling with underscores; dashes are accepted when loading).
+Each subsystem receives its own section, never the whole Config.
+"""
+
+from dataclasses import dataclass, field, fields
+from typing import List, Optional
+
+
+def opt(default, doc: str):
+    """A config field with a default and a one-line description (shown by `deepy.py --help-keys`)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class ModelConfig:
+    num_layers: int = opt(2, "number of transformer layers")
+    hidden_size: int = opt(128, "width of the residual stream")
+    num_attention_heads: int = opt(4, "attention heads per layer; must divide hidden_size")
+    seq_length: int = opt(128, "training sequence length in tokens")
+    max_position_embeddings: int = opt(128, "longest sequence the model supports; >= seq_length")
+    pos_emb: str = opt("rotary", "position embedding; only 'rotary' (GPT-NeoX) is supported")
+    rotary_pct: float = opt(1.0, "fraction of each head's dimensions that get rotary embeddings")
+    rotary_emb_base: int = opt(10000, "rotary frequency base")
+    norm: str = opt("layernorm", "normalisation; only 'layernorm' is supported")
+    layernorm_epsilon: float = opt(1.0e-5, "LayerNorm epsilon")
+    gpt_j_residual: bool = opt(False, "parallel residual: x + attn(ln1(x)) + mlp(ln2(x))")
+    no_weight_tying: bool = opt(True, "untie input embedding and output projection (PolyCoder: untied)")
+    activation: str = opt("gelu", "MLP activation; only 'gelu' is supported")
+    hidden_dropout: float = opt(0.0, "dropout on residual branches")
+    attention_dropout: float = opt(0.0, "dropout on attention probabilities")
+    init_method: str = opt("small_init", "init of most weights: normal | scaled_normal | small_init")
+    output_layer_init_method: str = opt(
+        "wang_init", "init of layer output projections: normal | scaled_normal | wang_init | small_init"
+    )
+    init_method_std: float = opt(0.02, "std for the 'normal' and 'scaled_normal' init methods")
+    make_vocab_size_divisible_by: int = opt(128, "pad the vocabulary to a multiple of this (times tp size)")
+    padded_vocab_size: Optional[int] = opt(None, "derived from the tokenizer unless given")
+    attention_impl: str = opt("sdpa", "attention kernel: sdpa (torch scaled_dot_product_attention) | reference")
+    checkpoint_activations: bool = opt(False, "recompute each layer's activations in backward to save memory")
+
+
+@dataclass
+class ParallelConfig:
+    model_parallel_size: int = opt(1, "tensor-parallel size")
+    pipe_parallel_size: int = opt(0, "pipeline-parallel size; only 0 or 1 (no pipelining) are supported")
+    world_size: int = opt(1, "derived: number of processes (from the launcher's WORLD_SIZE)")
+    data_parallel_size: int = opt(1, "derived: world_size / model_parallel_size")
+
+
+@dataclass
+class DataConfig:
+    data_path: Optional[str] = opt(None, "prefix of a preprocessed dataset (PREFIX.bin / PREFIX.idx)")
+    split: str = opt("949,50,1", "train,valid,test proportions of the documents")
+    tokenizer_type: str = opt("HFTokenizer", "HFTokenizer (tokenizer.json) | GPT2BPETokenizer (vocab + merges)")
+    vocab_file: Optional[str] = opt(None, "tokenizer.json (HFTokenizer) or vocab.json (GPT2BPETokenizer)")
+    merge_file: Optional[str] = opt(None, "merges.txt for GPT2BPETokenizer")
+    data_impl: str = opt("mmap", "indexed dataset implementation; only 'mmap' is supported")
+
+
+@dataclass
+class OptimConfig:
+    optimizer_type: str = opt("Adam", "optimizer: Adam / AdamW (decoupled weight decay, as GPT-NeoX)")
+    lr: float = opt(6.0e-4, "peak learning rate")
+    betas: List[float] = opt([0.9, 0.999], "Adam betas")
+    eps: float = opt(1.0e-8, "Adam epsilon")
+    weight_decay: float = opt(0.01, "decoupled weight decay (not applied to biases and norms)")
+    min_lr: float = opt(0.0, "floor of the decayed learning rate")
+    lr_decay_style: str = opt("cosine", "cosine | linear | constant | inverse_square_root")
+    lr_decay_iters: Optional[int] = opt(None, "iterations over which lr decays (default: train_iters)")
+    warmup: float = opt(0.01, "warmup as a fraction of lr_decay_iters")
+    warmup_iters: Optional[int] = opt(None, "warmup in iterations (overrides warmup)")
+    gradient_clipping: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
+    zero_stage: int = opt(0, "DeepSpeed ZeRO stage from zero_optimization.stage")
+
+
+@dataclass
+class TrainConfig:
+    train_iters: int = opt(1000, "optimizer steps to train for")
+    train_micro_batch_size_per_gpu: Optional[int] = opt(None, "sequences per forward pass per process")
+    gradient_accumulation_steps: Optional[int] = opt(None, "micro batches per optimizer step")
+    train_batch_size: Optional[int] = opt(None, "global batch = micro batch x accumulation x data parallel")
+    seed: int = opt(1234, "random seed for init, data order and dropout")
+    save: Optional[str] = opt(None, "directory for checkpoints")
+    load: Optional[str] = opt(None, "directory to resume from (its `latest`)")
+    save_interval: Optional[int] = opt(None, "save every N iterations (and always at the end)")
+    keep_last_n_checkpoints: Optional[int] = opt(None, "delete older checkpoints beyond this many")
+    eval_interval: int = opt(1000, "validate every N iterations")
+    eval_iters: int = opt(10, "validation batches per evaluation")
+    finetune: bool = opt(False, "load weights only: reset iteration, optimizer and data position")
+    exit_interval: Optional[int] = opt(None, "stop (after saving) once iteration reaches a multiple of this")
+
+
+@dataclass
+class PrecisionConfig:
+    precision: str = opt("fp32", "derived from fp16.enabled / bf16.enabled: fp32 | fp16 | bf16")
+    loss_scale: float = opt(0.0, "fp16 static loss scale; 0 = dynamic")
+    initial_scale_power: int = opt(16, "fp16 dynamic loss scaling starts at 2**this")
+    loss_scale_window: int = opt(1000, "fp16: steps without overflow before the scale doubles")
+    hysteresis: int = opt(2, "fp16: overflows tolerated before the scale halves")
+    min_loss_scale: float = opt(1.0, "fp16: the scale never drops below this")
+
+
+@dataclass
+class GenerateConfig:
+    text_gen_type: str = opt("unconditional", "unconditional | input-file | interactive")
+    prompt: Optional[str] = opt(None, "a single prompt to complete (overrides text_gen_type)")
+    maximum_tokens: int = opt(64, "tokens to generate per sample")
+    temperature: float = opt(0.0, "sampling temperature; 0 = greedy")
+    top_k: int = opt(0, "keep the k most likely tokens (0 = off)")
+    top_p: float = opt(0.0, "nucleus sampling threshold (0 = off)")
+    num_samples: int = opt(1, "samples for unconditional generation")
+    sample_input_file: Optional[str] = opt(None, "prompts, one per line, for input-file generation")
+    sample_output_file: Optional[str] = opt(None, "where generated samples are written (jsonl)")
+    recompute: bool = opt(False, "recompute the full context each step instead of a KV cache")
+
+
+@dataclass
+class EvalConfig:
+    eval_tasks: List[str] = opt(["perplexity"], "evaluations to run: perplexity")
+    eval_split: str = opt("test", "split to measure perplexity on: valid | test")
+    eval_results_prefix: Optional[str] = opt(None, "write results to PREFIX_results.json")
+
+
+@dataclass
+class LogConfig:
+    log_interval: int = opt(10, "print and log metrics every N iterations")
+    tensorboard_dir: Optional[str] = opt(None, "TensorBoard event directory (off when unset)")
+    log_dir: Optional[str] = opt(None, "directory for text logs")
+    peak_tflops: Optional[float] = opt(None, "device peak TFLOP/s for MFU (default: known GPU or measured CPU)")
+
+
+SECTIONS = {
+    "model": ModelConfig,
+    "parallel": ParallelConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "precision": PrecisionConfig,
+    "generate": GenerateConfig,
+    "eval": EvalConfig,
+    "log": LogConfig,
+}
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_flat_dict(self) -> dict:
+        """All keys and values, flat, as written to a checkpoint's resolved config."""
+        out = {}
+        for name in SECTIONS:
+            section = getattr(self, name)
+            for f in fields(section):
+                out[f.name] = getattr(section, f.name)
+        return out
+
+
+def pad_vocab_size(vocab_size: int, divisible_by: int, model_parallel_size: int = 1) -> int:
+    """Round the tokenizer's vocabulary up to a multiple of divisible_by x tp (50257 -> 50304)."""
+    multiple = divisible_by * model_parallel_size
+    return ((vocab_size + multiple - 1) // multiple) * multiple

@@ -1,0 +1,427 @@
+"""Load, merge and validate YAML configs (GPT-NeoX key names) into a sectioned Config.
+
+Files merge left to right and the same key in two files is an error; `--key value` overrides on the
+command line come last and may replace a file's value. Every mistake is a UserError naming the key
+and the file it came from.
+"""
+
+import difflib
+import os
+import typing
+from dataclasses import fields
+
+import yaml
+
+from megatron_lite.config import SECTIONS, Config
+from megatron_lite.errors import UserError, warn_once
+
+CLI = "the command line"
+
+# GPT-NeoX / DeepSpeed keys that only tune their own machinery: accepted, with one warning each.
+NO_EFFECT_KEYS = {
+    "partition_activations": "activation partitioning is a DeepSpeed pipeline feature",
+    "synchronize_each_layer": "a GPT-NeoX debugging aid",
+    "wall_clock_breakdown": "DeepSpeed timing breakdown",
+    "steps_per_print": "DeepSpeed console logging (use log-interval)",
+    "distributed_backend": "the backend is chosen automatically (nccl on GPU, gloo on CPU)",
+    "checkpoint_num_layers": "activations are checkpointed one layer at a time",
+    "fp16_lm_cross_entropy": "the loss is always computed in fp32",
+    "zero_allow_untested_optimizer": "DeepSpeed's optimizer whitelist",
+    "output_layer_parallelism": "the output layer is always column-parallel",
+    "scaled_upper_triang_masked_softmax_fusion": "fused kernels are not built yet; attention uses torch SDPA",
+    "scaled_masked_softmax_fusion": "fused kernels are not built yet; attention uses torch SDPA",
+    "bias_gelu_fusion": "fused kernels are not built yet; the MLP uses torch GeLU",
+    "use_wandb": "Weights & Biases logging is not supported (TensorBoard is)",
+    "wandb_project": "Weights & Biases logging is not supported (TensorBoard is)",
+    "wandb_group": "Weights & Biases logging is not supported (TensorBoard is)",
+    "launcher": "deepy.py launches processes itself",
+    "deepspeed_mpi": "deepy.py launches processes itself",
+    "memory_profiling": "a GPT-NeoX profiling switch",
+}
+
+# DeepSpeed's nested sections and the flat keys they map to.
+OPTIMIZER_TYPES = {"adam": "Adam", "adamw": "AdamW"}
+OPTIMIZER_PARAMS = {"lr": "lr", "betas": "betas", "eps": "eps", "weight_decay": "weight_decay"}
+FP16_PARAMS = ("loss_scale", "initial_scale_power", "loss_scale_window", "hysteresis", "min_loss_scale")
+NESTED_KEYS = ("optimizer", "fp16", "bf16", "zero_optimization")
+
+# Derived fields: computed here, never taken from a file.
+DERIVED = {"world_size", "data_parallel_size"}
+
+CHOICES = {
+    "pos_emb": ("rotary",),
+    "norm": ("layernorm",),
+    "activation": ("gelu",),
+    "attention_impl": ("sdpa", "reference"),
+    "init_method": ("normal", "scaled_normal", "small_init", "wang_init"),
+    "output_layer_init_method": ("normal", "scaled_normal", "small_init", "wang_init"),
+    "tokenizer_type": ("HFTokenizer", "GPT2BPETokenizer"),
+    "data_impl": ("mmap",),
+    "optimizer_type": ("Adam", "AdamW"),
+    "lr_decay_style": ("cosine", "linear", "constant", "inverse_square_root"),
+    "precision": ("fp32", "fp16", "bf16"),
+    "text_gen_type": ("unconditional", "input-file", "interactive"),
+    "eval_split": ("valid", "test"),
+}
+
+
+def _field_index():
+    """Map every flat key to (section name, dataclass field)."""
+    index = {}
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            index[f.name] = (section, f)
+    return index
+
+
+FIELDS = _field_index()
+KNOWN_KEYS = sorted(set(FIELDS) | set(NO_EFFECT_KEYS) | set(NESTED_KEYS) | {"attention_config"})
+
+
+def normalize(key: str) -> str:
+    """GPT-NeoX accepts `num-layers` and `num_layers` alike."""
+    return str(key).strip().replace("-", "_")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key repeated within one mapping (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = normalize(self.construct_object(key_node, deep=deep))
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice (also on line {seen[key] + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str) -> dict:
+    """Parse one config file (YAML, or GPT-NeoX's JSON-with-comments) into a dict."""
+    if not os.path.isfile(path):
+        raise UserError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.load(f, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}{where}: invalid YAML: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read config file {path}: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of keys to values at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(args):
+    """Turn ['--train-iters', '100', '--save=x'] into {'train_iters': (100, '--train-iters')}."""
+    out = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise UserError(f"unexpected argument {arg!r}: overrides are written --key value")
+        name, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value = args[i + 1]
+                i += 1
+            else:
+                value = "true"  # a bare flag switches a boolean on
+        try:
+            parsed = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            parsed = value
+        out[normalize(name)] = (parsed, f"--{name}")
+        i += 1
+    return out
+
+
+def load_config(paths, overrides=(), env=None) -> Config:
+    """Merge config files and command-line overrides into a validated Config."""
+    env = os.environ if env is None else env
+    raw = {}  # key -> (value, source, spelling)
+    for path in paths:
+        for key, value in read_yaml(path).items():
+            norm = normalize(key)
+            if norm in raw:
+                raise UserError(f"key '{key}' is set in both {raw[norm][1]} and {path}; set it in one file only")
+            raw[norm] = (value, path, str(key))
+    for norm, (value, spelling) in parse_overrides(list(overrides)).items():
+        raw[norm] = (value, CLI, spelling)
+
+    cfg = Config()
+    for norm, (value, source, spelling) in raw.items():
+        _apply(cfg, norm, value, source, spelling)
+    _derive_and_validate(cfg, raw, env)
+    return cfg
+
+
+def _where(spelling, source):
+    return f"'{spelling}' ({source})" if source != CLI else f"'{spelling}'"
+
+
+def _apply(cfg, key, value, source, spelling):
+    """Route one key to its section, converting and checking its type."""
+    where = _where(spelling, source)
+    if key in DERIVED:
+        raise UserError(f"{where} is derived from the launcher's process count; do not set it")
+    if key in NO_EFFECT_KEYS:
+        warn_once(f"config key {where} has no effect in megatron_lite: {NO_EFFECT_KEYS[key]}")
+        return
+    if key == "attention_config":
+        _check_attention_config(value, where)
+        return
+    if key in NESTED_KEYS:
+        _apply_nested(cfg, key, value, source, spelling)
+        return
+    if key not in FIELDS:
+        close = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0].replace('_', '-')}'?" if close else ""
+        raise UserError(f"unknown config key {where}{hint}")
+    section, f = FIELDS[key]
+    setattr(getattr(cfg, section), key, _convert(value, f.type, where))
+
+
+def _check_attention_config(value, where):
+    """GPT-NeoX's [[["global"], n_layers]]: only global (dense) attention is supported."""
+    try:
+        kinds = {kind for pattern, _ in value for kind in pattern}
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: expected a list like [[[\"global\"], 12]], got {value!r}") from None
+    if kinds - {"global"}:
+        raise UserError(f"{where}: only 'global' attention is supported, got {sorted(kinds - {'global'})}")
+
+
+def _apply_nested(cfg, key, value, source, spelling):
+    """Map DeepSpeed's nested sections (optimizer, fp16, bf16, zero_optimization) onto flat fields."""
+    where = _where(spelling, source)
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: expected a mapping, got {value!r}")
+    if key == "optimizer":
+        kind = str(value.get("type", "Adam"))
+        if kind.lower() not in OPTIMIZER_TYPES:
+            raise UserError(f"{where}: optimizer type {kind!r} is not supported; use one of Adam, AdamW")
+        cfg.optim.optimizer_type = OPTIMIZER_TYPES[kind.lower()]
+        for name, param in (value.get("params") or {}).items():
+            if name == "max_grad_norm":
+                cfg.optim.gradient_clipping = _convert(param, float, f"{where} params.max_grad_norm")
+            elif name in OPTIMIZER_PARAMS:
+                f = FIELDS[OPTIMIZER_PARAMS[name]][1]
+                setattr(cfg.optim, f.name, _convert(param, f.type, f"{where} params.{name}"))
+            else:
+                raise UserError(f"{where}: unknown optimizer param '{name}' (known: {', '.join(OPTIMIZER_PARAMS)})")
+        unknown = set(value) - {"type", "params"}
+        if unknown:
+            raise UserError(f"{where}: unknown key(s) {sorted(unknown)}; expected 'type' and 'params'")
+    elif key in ("fp16", "bf16"):
+        enabled = _convert(value.get("enabled", False), bool, f"{where} enabled")
+        if enabled:
+            if cfg.precision.precision not in ("fp32", key):
+                raise UserError(f"{where}: fp16 and bf16 cannot both be enabled")
+            cfg.precision.precision = key
+        allowed = {"enabled", "fp16", "type"} | (set(FP16_PARAMS) if key == "fp16" else {"bf16"})
+        for name, param in value.items():
+            if name not in allowed:
+                raise UserError(f"{where}: unknown key '{name}' (known: {', '.join(sorted(allowed))})")
+            if name in FP16_PARAMS:
+                f = FIELDS[name][1]
+                setattr(cfg.precision, name, _convert(param, f.type, f"{where} {name}"))
+    elif key == "zero_optimization":
+        stage = _convert(value.get("stage", 0), int, f"{where} stage")
+        if stage not in (0, 1, 2, 3):
+            raise UserError(f"{where}: stage must be 0, 1, 2 or 3, got {stage}")
+        cfg.optim.zero_stage = stage
+
+
+def _convert(value, annotation, where):
+    """Check and convert a YAML value to a field's annotated type."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union:  # Optional[T]
+        if value is None:
+            return None
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        origin = typing.get_origin(annotation)
+    if origin in (list, typing.List):
+        (item,) = typing.get_args(annotation)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        return [_convert(v, item, where) for v in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise UserError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise UserError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            as_float = None
+        if as_float is not None and as_float.is_integer():
+            return int(as_float)
+        raise UserError(f"{where}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, bool):
+            raise UserError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)  # also takes "1e-4", which YAML 1.1 reads as a string
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise UserError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _derive_and_validate(cfg, raw, env):
+    """Cross-field checks and derived values (data-parallel size, batch arithmetic, lr decay span)."""
+
+    def where(key):
+        value, source, spelling = raw.get(key, (None, "default", key.replace("_", "-")))
+        return _where(spelling, source)
+
+    for key, allowed in CHOICES.items():
+        section = FIELDS[key][0]
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise UserError(f"{where(key)}: {value!r} is not supported; expected one of {', '.join(allowed)}")
+
+    m, t, o, p = cfg.model, cfg.train, cfg.optim, cfg.parallel
+    positive = {
+        "num_layers": m.num_layers, "hidden_size": m.hidden_size, "num_attention_heads": m.num_attention_heads,
+        "seq_length": m.seq_length, "max_position_embeddings": m.max_position_embeddings,
+        "train_iters": t.train_iters, "eval_iters": t.eval_iters, "eval_interval": t.eval_interval,
+        "log_interval": cfg.log.log_interval, "model_parallel_size": p.model_parallel_size,
+        "maximum_tokens": cfg.generate.maximum_tokens, "num_samples": cfg.generate.num_samples,
+    }
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size",
+                "save_interval", "keep_last_n_checkpoints", "lr_decay_iters", "exit_interval", "padded_vocab_size"):
+        section = FIELDS[key][0]
+        if getattr(getattr(cfg, section), key) is not None:
+            positive[key] = getattr(getattr(cfg, section), key)
+    for key, value in positive.items():
+        if value <= 0:
+            raise UserError(f"{where(key)}: must be a positive integer, got {value}")
+
+    if m.hidden_size % m.num_attention_heads:
+        raise UserError(
+            f"{where('num_attention_heads')}: hidden-size {m.hidden_size} is not divisible by "
+            f"num-attention-heads {m.num_attention_heads}"
+        )
+    if m.max_position_embeddings < m.seq_length:
+        raise UserError(
+            f"{where('max_position_embeddings')}: {m.max_position_embeddings} is smaller than "
+            f"seq-length {m.seq_length}"
+        )
+    if not 0.0 < m.rotary_pct <= 1.0:
+        raise UserError(f"{where('rotary_pct')}: must be in (0, 1], got {m.rotary_pct}")
+    for key in ("hidden_dropout", "attention_dropout"):
+        if not 0.0 <= getattr(m, key) < 1.0:
+            raise UserError(f"{where(key)}: must be in [0, 1), got {getattr(m, key)}")
+
+    if p.pipe_parallel_size > 1:
+        raise UserError(f"{where('pipe_parallel_size')}: pipeline parallelism is not supported; use 0 or 1")
+    p.world_size = int(env.get("WORLD_SIZE", 1))
+    if p.world_size % p.model_parallel_size:
+        raise UserError(
+            f"{where('model_parallel_size')}: {p.model_parallel_size} does not divide the {p.world_size} processes"
+        )
+    p.data_parallel_size = p.world_size // p.model_parallel_size
+    _derive_batch(t, p.data_parallel_size, where)
+
+    if o.lr <= 0:
+        raise UserError(f"{where('lr')}: learning rate must be positive, got {o.lr}")
+    if o.min_lr > o.lr:
+        raise UserError(f"{where('min_lr')}: min-lr {o.min_lr} is larger than lr {o.lr}")
+    if not 0.0 <= o.warmup <= 1.0:
+        raise UserError(f"{where('warmup')}: a fraction in [0, 1] is expected, got {o.warmup}")
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        raise UserError(f"{where('betas')}: expected two numbers in [0, 1), got {o.betas}")
+    if o.gradient_clipping < 0:
+        raise UserError(f"{where('gradient_clipping')}: must be >= 0, got {o.gradient_clipping}")
+    if o.lr_decay_iters is None:
+        o.lr_decay_iters = t.train_iters
+    if o.zero_stage > 0 and p.data_parallel_size == 1:
+        warn_once(
+            f"zero_optimization stage {o.zero_stage} shards optimizer state across data-parallel ranks; "
+            "with one data-parallel rank it has no effect"
+        )
+
+    g = cfg.generate
+    if g.temperature < 0:
+        raise UserError(f"{where('temperature')}: must be >= 0, got {g.temperature}")
+    if not 0.0 <= g.top_p <= 1.0:
+        raise UserError(f"{where('top_p')}: must be in [0, 1], got {g.top_p}")
+    if g.top_k < 0:
+        raise UserError(f"{where('top_k')}: must be >= 0, got {g.top_k}")
+
+
+def _derive_batch(t, dp, where):
+    """train_batch_size = micro batch x gradient accumulation x data-parallel size (derive the missing one)."""
+    micro, gas, total = t.train_micro_batch_size_per_gpu, t.gradient_accumulation_steps, t.train_batch_size
+    if micro is None and total is None:
+        raise UserError("set train_micro_batch_size_per_gpu (or train_batch_size) in a config file")
+    if micro is None:
+        gas = gas or 1
+        if total % (gas * dp):
+            raise UserError(
+                f"{where('train_batch_size')}: {total} is not divisible by gradient_accumulation_steps x "
+                f"data-parallel size = {gas} x {dp}"
+            )
+        micro = total // (gas * dp)
+    elif gas is None:
+        if total is None:
+            gas = 1
+        elif total % (micro * dp):
+            raise UserError(
+                f"{where('train_batch_size')}: {total} is not divisible by micro batch x data-parallel size "
+                f"= {micro} x {dp}"
+            )
+        else:
+            gas = total // (micro * dp)
+    expected = micro * gas * dp
+    if total is not None and total != expected:
+        raise UserError(
+            f"{where('train_batch_size')}: {total} != train_micro_batch_size_per_gpu x "
+            f"gradient_accumulation_steps x data-parallel size = {micro} x {gas} x {dp} = {expected}"
+        )
+    t.train_micro_batch_size_per_gpu, t.gradient_accumulation_steps, t.train_batch_size = micro, gas, expected
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML that load_config reads back (derived fields left out)."""
+    flat = {k: v for k, v in cfg.to_flat_dict().items() if k not in DERIVED}
+    return yaml.safe_dump(flat, sort_keys=False)
+
+
+def split_argv(argv):
+    """['a.yml', 'b.yml', '--lr', '1e-3'] -> (['a.yml', 'b.yml'], ['--lr', '1e-3'])."""
+    argv = list(argv)
+    first_flag = next((i for i, a in enumerate(argv) if a.startswith("--")), len(argv))
+    paths, overrides = argv[:first_flag], argv[first_flag:]
+    for path in paths:
+        if not path.endswith((".yml", ".yaml", ".json")):
+            raise UserError(f"expected config files (.yml, .yaml or .json) before any --key value, got {path!r}")
+    if not paths:
+        raise UserError("no config file given: usage is SCRIPT.py CONF.yml [CONF.yml ...] [--key value ...]")
+    return paths, overrides
+
+
+def load_config_from_argv(argv) -> Config:
+    """Entry points' one-liner: config files, then overrides."""
+    paths, overrides = split_argv(argv)
+    return load_config(paths, overrides)

@@ -1,0 +1,219 @@
+"""Checkpoints: SAVE/global_stepN/ with safetensors weights and optimizer state, JSON trainer state, the
+resolved config; SAVE/latest names the newest complete one and is replaced atomically.
+
+A save writes into a hidden temporary directory, fsyncs every file, renames the directory into place,
+and only then rewrites `latest`, so a save killed at any point leaves `latest` on a complete checkpoint.
+Loading reads safetensors and JSON only: nothing is ever unpickled.
+"""
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from megatron_lite.errors import UserError, warn_once
+
+STEP_DIR = re.compile(r"^global_step(\d+)$")
+
+
+@dataclass
+class TrainerState:
+    """Everything besides tensors that a resumed run needs to continue exactly."""
+
+    iteration: int = 0
+    consumed_train_samples: int = 0
+    skipped_iters: int = 0
+    loss_scaler: dict = field(default_factory=dict)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_tensors(path: str, tensors: dict) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path)
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def rng_state() -> tuple:
+    """(tensors, json-able) snapshot of the torch, CUDA, numpy and python generators."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["numpy"] = torch.from_numpy(keys.astype(np.int64))
+    version, internal, gauss = random.getstate()
+    meta = {"numpy": [kind, int(pos), int(has_gauss), float(cached)], "python": [version, list(internal), gauss]}
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict, meta: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple:
+    """Split an optimizer state_dict into tensors (safetensors) and the rest (JSON)."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{name}"] = value
+            else:
+                scalars[f"{idx}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_files(tensors: dict, meta: dict) -> dict:
+    state = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(save_dir: str, model, optimizer, state: TrainerState, config_yaml: str,
+                    keep_last: Optional[int] = None, rank: int = 0) -> str:
+    """Write SAVE/global_stepN atomically and point SAVE/latest at it; returns the checkpoint path."""
+    tag = f"global_step{state.iteration}"
+    try:
+        os.makedirs(save_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create save directory '{save_dir}' (key 'save'): {e.strerror}") from None
+    for stale in os.listdir(save_dir):  # leftovers of a save that was killed
+        if stale.startswith(".tmp-global_step"):
+            shutil.rmtree(os.path.join(save_dir, stale), ignore_errors=True)
+
+    tmp = os.path.join(save_dir, f".tmp-{tag}-{os.getpid()}")
+    os.makedirs(tmp)
+    _write_tensors(os.path.join(tmp, f"model_mp_rank_{rank:02d}.safetensors"), model.state_dict())
+    opt_tensors, opt_meta = _optimizer_to_files(optimizer)
+    _write_tensors(os.path.join(tmp, f"optim_mp_rank_{rank:02d}.safetensors"), opt_tensors)
+    _write_json(os.path.join(tmp, f"optim_mp_rank_{rank:02d}.json"), opt_meta)
+    rng_tensors, rng_meta = rng_state()
+    _write_tensors(os.path.join(tmp, f"rng_rank_{rank:02d}.safetensors"), rng_tensors)
+    _write_json(os.path.join(tmp, "trainer_state.json"), {**state.__dict__, "rng": rng_meta})
+    with open(os.path.join(tmp, "config.yml"), "w", encoding="utf-8") as f:
+        f.write(config_yaml)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
+
+    final = os.path.join(save_dir, tag)
+    old = None
+    if os.path.exists(final):  # re-saving a step (e.g. after finetune): swap, then delete the old copy
+        old = os.path.join(save_dir, f".tmp-{tag}-old-{os.getpid()}")
+        os.rename(final, old)
+    os.rename(tmp, final)
+    latest_tmp = os.path.join(save_dir, f".latest.tmp-{os.getpid()}")
+    with open(latest_tmp, "w") as f:
+        f.write(tag + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(latest_tmp, os.path.join(save_dir, "latest"))
+    _fsync_dir(save_dir)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+    if keep_last:
+        _prune(save_dir, keep_last)
+    return final
+
+
+def _prune(save_dir: str, keep_last: int) -> None:
+    steps = sorted(int(m.group(1)) for d in os.listdir(save_dir) if (m := STEP_DIR.match(d)))
+    for step in steps[:-keep_last]:
+        shutil.rmtree(os.path.join(save_dir, f"global_step{step}"), ignore_errors=True)
+
+
+def latest_checkpoint(load_dir: str) -> Optional[str]:
+    """Path of the checkpoint SAVE/latest names, or None when the directory holds none yet."""
+    latest = os.path.join(load_dir, "latest")
+    if not os.path.isfile(latest):
+        return None
+    with open(latest) as f:
+        tag = f.read().strip()
+    path = os.path.join(load_dir, tag)
+    if not STEP_DIR.match(tag) or not os.path.isdir(path):
+        raise UserError(f"{latest} names '{tag}', which is not a checkpoint directory in {load_dir}")
+    return path
+
+
+def resolve_checkpoint(path: str) -> str:
+    """Accept either a save directory (follow its `latest`) or a global_stepN directory."""
+    if os.path.isfile(os.path.join(path, "trainer_state.json")):
+        return path
+    found = latest_checkpoint(path) if os.path.isdir(path) else None
+    if found is None:
+        raise UserError(f"no checkpoint found at '{path}' (key 'load'): expected a directory with a 'latest' file")
+    return found
+
+
+def _load_tensors(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint file missing: {path}")
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise UserError(f"cannot read checkpoint file {path}: {e}") from None
+
+
+def load_model_weights(ckpt: str, model, rank: int = 0) -> None:
+    """Load weights into model, with a clear error when the shapes belong to another config."""
+    weights = _load_tensors(os.path.join(ckpt, f"model_mp_rank_{rank:02d}.safetensors"))
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    if missing or unexpected:
+        raise UserError(f"checkpoint {ckpt} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for name, tensor in weights.items():
+        if tensor.shape != own[name].shape:
+            raise UserError(
+                f"checkpoint {ckpt}: '{name}' has shape {tuple(tensor.shape)} but the config builds "
+                f"{tuple(own[name].shape)}; load it with the config it was trained with ({ckpt}/config.yml)"
+            )
+    model.load_state_dict(weights)
+
+
+def load_checkpoint(load_dir: str, model, optimizer=None, rank: int = 0, weights_only: bool = False) -> TrainerState:
+    """Restore model (and optimizer, RNG, trainer state unless weights_only); fresh state when none exists."""
+    ckpt = latest_checkpoint(load_dir) if os.path.isdir(load_dir) else None
+    if ckpt is None:
+        warn_once(f"no checkpoint in '{load_dir}' (key 'load'); starting from scratch")
+        return TrainerState()
+    load_model_weights(ckpt, model, rank)
+    if weights_only:
+        return TrainerState()
+    with open(os.path.join(ckpt, "trainer_state.json")) as f:
+        meta = json.load(f)
+    if optimizer is not None:
+        opt_tensors = _load_tensors(os.path.join(ckpt, f"optim_mp_rank_{rank:02d}.safetensors"))
+        with open(os.path.join(ckpt, f"optim_mp_rank_{rank:02d}.json")) as f:
+            optimizer.load_state_dict(_optimizer_from_files(opt_tensors, json.load(f)))
+    set_rng_state(_load_tensors(os.path.join(ckpt, f"rng_rank_{rank:02d}.safetensors")), meta.pop("rng"))
+    return TrainerState(**meta)

@@ -1,0 +1,236 @@
+"""The training loop: build everything from the config, step, log, validate, checkpoint."""
+
+import contextlib
+import json
+import math
+import os
+import random
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from megatron_lite.build import build_tokenizer_for, default_device
+from megatron_lite.config import Config
+from megatron_lite.config_loader import dump_config
+from megatron_lite.data.gpt_dataset import build_train_valid_test_datasets
+from megatron_lite.errors import UserError
+from megatron_lite.model.gpt import GPTModel, count_parameters, flops_per_token
+from megatron_lite.training.checkpoint import TrainerState, load_checkpoint, save_checkpoint
+from megatron_lite.training.loss_scaler import LossScaler
+from megatron_lite.training.lr_schedule import LRSchedule
+from megatron_lite.training.memory import check_fits
+from megatron_lite.training.metrics import Throughput, peak_tflops
+from megatron_lite.training.optim import build_optimizer
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed precision keeps fp32 master weights and runs matmuls in 16-bit."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def lm_loss(model, tokens: torch.Tensor, device, precision: str) -> torch.Tensor:
+    """Mean next-token cross-entropy of a [b, s+1] token batch (computed in fp32)."""
+    inputs, labels = tokens[:, :-1], tokens[:, 1:]  # [b, s]
+    with autocast(device, precision):
+        logits = model(inputs)  # [b, s, v]
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+
+
+def get_batch(dataset, start: int, size: int, device) -> torch.Tensor:
+    """Samples [start, start+size) of a dataset as a [size, s+1] int64 tensor."""
+    rows = [dataset[(start + i) % len(dataset)]["text"] for i in range(size)]
+    return torch.from_numpy(np.stack(rows).astype(np.int64)).to(device)
+
+
+class Trainer:
+    """Owns the model, optimizer, schedule, data and loggers for one training run."""
+
+    def __init__(self, cfg: Config):
+        self.cfg, self.device = cfg, default_device()
+        t = cfg.train
+        if cfg.data.data_path is None:
+            raise UserError("no training data: set 'data-path' to a preprocessed PREFIX (PREFIX.bin / PREFIX.idx)")
+        if t.save:
+            _check_writable(t.save, "save")
+        seed_everything(t.seed)
+        self.tokenizer = build_tokenizer_for(cfg)
+        self.num_params = count_parameters(cfg.model)
+        check_fits(cfg, self.num_params, self.device)
+        self.train_data, self.valid_data, _ = build_train_valid_test_datasets(
+            cfg.data.data_path, cfg.data.split, cfg.model.seq_length,
+            num_samples=(t.train_iters * t.train_batch_size, t.eval_iters * t.train_batch_size, 0),
+            seed=t.seed,
+        )
+        if self.train_data is None:
+            raise UserError(f"split '{cfg.data.split}' leaves no training data (key 'split')")
+        self.model = GPTModel(cfg.model).to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.schedule = LRSchedule(cfg.optim)
+        self.scaler = LossScaler(cfg.precision)
+        self.state = TrainerState()
+        if t.load:
+            self.state = load_checkpoint(t.load, self.model, self.optimizer, weights_only=t.finetune)
+            if self.state.loss_scaler:
+                self.scaler.load_state_dict(self.state.loss_scaler)
+        self.last_saved = self.state.iteration if t.load and self.state.iteration else None
+        peak, self.peak_source = peak_tflops(self.device, DTYPES[cfg.precision.precision], cfg.log.peak_tflops)
+        self.throughput = Throughput(flops_per_token(cfg.model, cfg.model.seq_length), peak)
+        self.tb = _tensorboard(cfg.log.tensorboard_dir)
+        self.metrics_file = os.path.join(cfg.log.log_dir, "metrics.jsonl") if cfg.log.log_dir else None
+        if self.metrics_file:
+            _check_writable(cfg.log.log_dir, "log-dir")
+
+    def train_step(self) -> dict:
+        """One optimizer step over gradient_accumulation_steps micro batches."""
+        t, precision = self.cfg.train, self.cfg.precision.precision
+        lr = self.schedule(self.state.iteration + 1)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        micro, gas = t.train_micro_batch_size_per_gpu, t.gradient_accumulation_steps
+        total = torch.zeros((), device=self.device)
+        for j in range(gas):
+            tokens = get_batch(self.train_data, self.state.consumed_train_samples + j * micro, micro, self.device)
+            loss = lm_loss(self.model, tokens, self.device, precision)
+            (loss * (self.scaler.scale / gas)).backward()
+            total += loss.detach()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.scaler.scale != 1.0:
+            torch._foreach_mul_([p.grad for p in params], 1.0 / self.scaler.scale)
+        clip = self.cfg.optim.gradient_clipping or math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
+        overflow = not math.isfinite(grad_norm)
+        if overflow:
+            self.state.skipped_iters += 1
+        else:
+            self.optimizer.step()
+        self.scaler.update(overflow)
+        self.state.iteration += 1
+        self.state.consumed_train_samples += t.train_batch_size
+        self.throughput.add(t.train_batch_size * self.cfg.model.seq_length)
+        return {"loss": (total / gas).item(), "lr": lr, "grad_norm": grad_norm, "loss_scale": self.scaler.scale}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Mean loss and perplexity over the first eval_iters global batches of the validation split."""
+        t = self.cfg.train
+        if self.valid_data is None:
+            return {}
+        self.model.eval()
+        losses = []
+        for start in range(0, t.eval_iters * t.train_batch_size, t.train_micro_batch_size_per_gpu):
+            tokens = get_batch(self.valid_data, start, t.train_micro_batch_size_per_gpu, self.device)
+            losses.append(lm_loss(self.model, tokens, self.device, self.cfg.precision.precision).item())
+        loss = float(np.mean(losses))
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+
+    def save(self) -> None:
+        t = self.cfg.train
+        if not t.save or self.last_saved == self.state.iteration:
+            return
+        self.state.loss_scaler = self.scaler.state_dict()
+        save_checkpoint(t.save, self.model, self.optimizer, self.state, dump_config(self.cfg),
+                        keep_last=t.keep_last_n_checkpoints)
+        self.last_saved = self.state.iteration
+
+    def log(self, record: dict) -> None:
+        if self.metrics_file:
+            with open(self.metrics_file, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.tb:
+            for key, value in record.items():
+                if key != "iteration":
+                    self.tb.add_scalar(f"train/{key}" if not key.startswith("val") else f"valid/{key}",
+                                       value, record["iteration"])
+
+    def train(self) -> dict:
+        """Run to train_iters (or exit_interval); returns the last validation metrics."""
+        cfg, t = self.cfg, self.cfg.train
+        print(
+            f"model: {self.num_params / 1e6:.2f}M parameters, {cfg.model.num_layers} layers x "
+            f"{cfg.model.hidden_size} hidden x {cfg.model.num_attention_heads} heads, vocab "
+            f"{cfg.model.padded_vocab_size}; {cfg.precision.precision} on {self.device}; global batch "
+            f"{t.train_batch_size} x {cfg.model.seq_length} tokens; MFU vs {self.throughput.peak:.2f} TFLOP/s "
+            f"({self.peak_source})",
+            flush=True,
+        )
+        bar = tqdm(total=t.train_iters, initial=self.state.iteration, desc="train", unit="it",
+                   dynamic_ncols=True, disable=None)
+        last_eval, started = {}, time.perf_counter()
+        while self.state.iteration < t.train_iters:
+            step = self.train_step()
+            it = self.state.iteration
+            bar.update(1)
+            record = {"iteration": it, **step}
+            if it % cfg.log.log_interval == 0 or it == t.train_iters:
+                record.update(self.throughput.report())
+                rate = bar.format_dict.get("rate") or 0
+                eta = (t.train_iters - it) / rate if rate else float("nan")
+                bar.write(
+                    f"iter {it}/{t.train_iters} | loss {step['loss']:.4f} | lr {step['lr']:.3e} | "
+                    f"grad norm {step['grad_norm']:.3f} | loss scale {step['loss_scale']:g} | "
+                    f"tokens/s {record['tokens_per_s']:.0f} | MFU {100 * record['mfu']:.2f}% | "
+                    f"skipped {self.state.skipped_iters} | ETA {eta:.0f}s"
+                )
+            if it % t.eval_interval == 0 or it == t.train_iters:
+                last_eval = self.evaluate()
+                record.update(last_eval)
+                if last_eval:
+                    bar.write(f"validation at iter {it} | loss {last_eval['val_loss']:.4f} | "
+                              f"perplexity {last_eval['val_ppl']:.3f}")
+            self.log(record)
+            if t.save_interval and it % t.save_interval == 0:
+                self.save()
+            if t.exit_interval and it % t.exit_interval == 0 and it < t.train_iters:
+                bar.write(f"exit-interval {t.exit_interval} reached at iteration {it}")
+                break
+        bar.close()
+        self.save()
+        if not last_eval:
+            last_eval = self.evaluate()
+        if last_eval:
+            print(f"final validation loss {last_eval['val_loss']:.4f} | perplexity {last_eval['val_ppl']:.3f} "
+                  f"| {time.perf_counter() - started:.0f}s", flush=True)
+        if self.tb:
+            self.tb.close()
+        return last_eval
+
+
+def _check_writable(path: str, key: str) -> None:
+    """Fail before training, not after it, when an output directory cannot be written."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create directory '{path}' (key '{key}'): {e.strerror}") from None
+    try:  # a real probe: os.access says yes to root even on read-only mounts
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as e:
+        raise UserError(f"directory '{path}' (key '{key}') is not writable: {e.strerror}") from None
+
+
+def _tensorboard(log_dir):
+    if not log_dir:
+        return None
+    _check_writable(log_dir, "tensorboard-dir")
+    from torch.utils.tensorboard import SummaryWriter  # imported lazily: it is slow to import
+
+    return SummaryWriter(log_dir)
+
+
+def pretrain(cfg: Config) -> dict:
+    return Trainer(cfg).train()

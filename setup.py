@@ -1,0 +1,17 @@
+"""Install megatron_lite. Fused csrc/ kernels are added by the mixed-precision issue; none are built yet."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron_lite",
+    version="0.1.0",
+    description="A config-driven trainer for GPT-NeoX-architecture code language models",
+    packages=find_packages(include=["megatron_lite", "megatron_lite.*"]),
+    python_requires=">=3.10",
+    # torch is pinned in the Makefile's install step (an unpinned torch pulls GBs of CUDA packages).
+    install_requires=["torch>=2.3", "numpy", "pyyaml", "tqdm", "tokenizers>=0.19", "safetensors", "tensorboard"],
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "transformers>=4.40"],
+        "bench": ["transformers>=4.40"],
+    },
+)
