@@ -1,0 +1,158 @@
+"""LR schedules, loss scaling and checkpoint save/load (atomicity under a kill, no pickle)."""
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from megatron_lite.config import OptimConfig, PrecisionConfig
+from megatron_lite.errors import UserError
+from megatron_lite.training import checkpoint as C
+from megatron_lite.training.loss_scaler import LossScaler
+from megatron_lite.training.lr_schedule import LRSchedule
+from megatron_lite.training.optim import build_optimizer
+
+
+def schedule(style, **kw):
+    return LRSchedule(OptimConfig(lr=1.0, min_lr=0.1, lr_decay_style=style, lr_decay_iters=110, warmup_iters=10, **kw))
+
+
+def test_warmup_is_linear_from_zero():
+    s = schedule("cosine")
+    assert [s(i) for i in (0, 5, 10)] == [0.0, 0.5, 1.0]
+
+
+def test_decay_styles_reach_min_lr():
+    assert schedule("cosine")(60) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert schedule("linear")(60) == pytest.approx(0.55)
+    for style in ("cosine", "linear"):
+        assert schedule(style)(110) == pytest.approx(0.1) and schedule(style)(500) == pytest.approx(0.1)
+    assert schedule("constant")(100) == 1.0
+    assert schedule("inverse_square_root")(40) == pytest.approx(math.sqrt(10 / 40))
+
+
+def test_warmup_fraction():
+    s = LRSchedule(OptimConfig(lr=1.0, warmup=0.1, lr_decay_iters=200))
+    assert s.warmup_iters == 20 and s(10) == pytest.approx(0.5)
+
+
+def test_dynamic_loss_scale_hysteresis_and_growth():
+    sc = LossScaler(PrecisionConfig(precision="fp16", loss_scale=0, initial_scale_power=4, loss_scale_window=3,
+                                    hysteresis=2, min_loss_scale=2))
+    assert sc.scale == 16
+    sc.update(True)
+    assert sc.scale == 16  # first overflow absorbed by hysteresis
+    sc.update(True)
+    assert sc.scale == 8
+    for _ in range(3):
+        sc.update(False)
+    assert sc.scale == 16
+    for _ in range(10):
+        sc.update(True)
+    assert sc.scale == 2  # never below min_loss_scale
+    restored = LossScaler(PrecisionConfig(precision="fp16"))
+    restored.load_state_dict(sc.state_dict())
+    assert restored.state_dict() == sc.state_dict()
+
+
+def test_static_and_fp32_scales():
+    assert LossScaler(PrecisionConfig(precision="fp16", loss_scale=128)).scale == 128
+    sc = LossScaler(PrecisionConfig(precision="fp32"))
+    sc.update(True)
+    assert sc.scale == 1.0
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    opt = build_optimizer(model, OptimConfig(weight_decay=0.1))
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(model[0].weight)}
+
+
+def _trained(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8))
+    opt = build_optimizer(model, OptimConfig())
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path):
+    model, opt = _trained()
+    state = C.TrainerState(iteration=7, consumed_train_samples=70, skipped_iters=1, loss_scaler={"scale": 4.0})
+    path = C.save_checkpoint(str(tmp_path), model, opt, state, "lr: 0.1\n")
+    assert open(tmp_path / "latest").read().strip() == "global_step7"
+    assert sorted(os.listdir(path)) == sorted(
+        ["model_mp_rank_00.safetensors", "optim_mp_rank_00.safetensors", "optim_mp_rank_00.json",
+         "rng_rank_00.safetensors", "trainer_state.json", "config.yml"])
+    expected_rand = torch.rand(3)
+    model2, opt2 = _trained(seed=1)
+    loaded = C.load_checkpoint(str(tmp_path), model2, opt2)
+    assert loaded == state
+    assert torch.equal(torch.rand(3), expected_rand)  # RNG restored to the moment of saving
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+        assert torch.equal(a, b)
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    for k in s1["state"]:
+        for name in s1["state"][k]:
+            assert torch.equal(s1["state"][k][name], s2["state"][k][name])
+
+
+def test_keep_last_n_prunes_old_checkpoints(tmp_path):
+    model, opt = _trained()
+    for it in (1, 2, 3):
+        C.save_checkpoint(str(tmp_path), model, opt, C.TrainerState(iteration=it), "", keep_last=2)
+    assert sorted(d for d in os.listdir(tmp_path) if d.startswith("global")) == ["global_step2", "global_step3"]
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, torch
+    from megatron_lite.training import checkpoint as C
+    from megatron_lite.training.optim import build_optimizer
+    from megatron_lite.config import OptimConfig
+    save_dir, kill_point = sys.argv[1], sys.argv[2]
+    model = torch.nn.Linear(4, 4)
+    opt = build_optimizer(model, OptimConfig())
+    model(torch.randn(2, 4)).sum().backward(); opt.step()
+    C.save_checkpoint(save_dir, model, opt, C.TrainerState(iteration=1), "")
+    die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    if kill_point == "mid_files":
+        original = C._write_tensors
+        C._write_tensors = lambda path, t: (original(path, t), die())
+    else:  # after the directory is in place, before `latest` moves
+        C.os.replace = die
+    C.save_checkpoint(save_dir, model, opt, C.TrainerState(iteration=2), "")
+    """
+)
+
+
+@pytest.mark.parametrize("kill_point", ["mid_files", "before_latest"])
+def test_killed_save_leaves_latest_on_previous_checkpoint(tmp_path, kill_point):
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), kill_point], timeout=120)
+    assert proc.returncode == -9
+    assert open(tmp_path / "latest").read().strip() == "global_step1"
+    model = torch.nn.Linear(4, 4)
+    opt = build_optimizer(model, OptimConfig())
+    assert C.load_checkpoint(str(tmp_path), model, opt).iteration == 1
+    # The next save clears the leftovers of the killed one.
+    C.save_checkpoint(str(tmp_path), model, opt, C.TrainerState(iteration=3), "")
+    assert not [d for d in os.listdir(tmp_path) if d.startswith(".tmp")]
+
+
+def test_loading_refuses_mismatched_shapes_and_missing_checkpoints(tmp_path):
+    model, opt = _trained()
+    C.save_checkpoint(str(tmp_path), model, opt, C.TrainerState(iteration=1), "")
+    other = torch.nn.Sequential(torch.nn.Linear(4, 9), torch.nn.LayerNorm(9))
+    with pytest.raises(UserError, match="has shape"):
+        C.load_checkpoint(str(tmp_path), other)
+    with pytest.raises(UserError, match="no checkpoint found"):
+        C.resolve_checkpoint(str(tmp_path / "nowhere"))
+    (tmp_path / "latest").write_text("global_step99\n")
+    with pytest.raises(UserError, match="not a checkpoint directory"):
+        C.latest_checkpoint(str(tmp_path))
