@@ -1,0 +1,69 @@
+"""Shared fixtures: a small real code corpus (from this Python's standard library) run through our tools."""
+
+import os
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STDLIB = sysconfig.get_paths()["stdlib"]
+
+
+def run_tool(*args, check=True, cwd=REPO, timeout=300):
+    """Run a repo script with this interpreter; returns the CompletedProcess (text output)."""
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory):
+    """A few stdlib packages -> corpus.jsonl -> tokenizer (vocab 1024) -> PREFIX_text_document.{bin,idx}."""
+    root = tmp_path_factory.mktemp("corpus")
+    src = root / "src"
+    src.mkdir()
+    for package in ("json", "email", "logging", "http", "urllib"):
+        os.symlink(os.path.join(STDLIB, package), src / package)
+    corpus = root / "corpus.jsonl"
+    run_tool("tools/collect_corpus.py", "--input", str(src), "--languages", "Python", "--output", str(corpus))
+    run_tool("tools/train_tokenizer.py", "--input", str(corpus), "--vocab-size", "1024", "--output", str(root / "tok"))
+    run_tool("tools/preprocess_data.py", "--input", str(corpus), "--tokenizer-type", "HFTokenizer",
+             "--vocab-file", str(root / "tok" / "tokenizer.json"), "--append-eod", "--workers", "1",
+             "--output-prefix", str(root / "small"))
+    return {"root": root, "corpus": corpus, "tokenizer": root / "tok" / "tokenizer.json",
+            "prefix": str(root / "small_text_document")}
+
+
+@pytest.fixture
+def micro_config(tmp_path, small_corpus):
+    """A 2-layer model config on the small corpus that trains in seconds; returns the YAML path."""
+    path = tmp_path / "micro.yml"
+    path.write_text(
+        f"""
+num-layers: 2
+hidden-size: 64
+num-attention-heads: 4
+seq-length: 64
+max-position-embeddings: 64
+rotary-pct: 0.5
+train_micro_batch_size_per_gpu: 4
+gradient_accumulation_steps: 2
+train-iters: 20
+lr: 0.003
+min-lr: 0.0003
+warmup: 0.1
+eval-interval: 10
+eval-iters: 2
+log-interval: 5
+hidden-dropout: 0.1
+attention-dropout: 0.1
+data-path: {small_corpus['prefix']}
+vocab-file: {small_corpus['tokenizer']}
+save: {tmp_path / 'ckpt'}
+log-dir: {tmp_path / 'logs'}
+"""
+    )
+    return str(path)
