@@ -1,0 +1,134 @@
+"""Byte-level BPE tokenizers (HF `tokenizer.json`, or GPT-2 vocab.json + merges.txt) that round-trip text exactly."""
+
+import json
+import os
+from typing import List, Optional
+
+from megatron_lite.errors import UserError
+
+EOD_TOKEN = "<|endoftext|>"
+TOKENIZER_TYPES = ("HFTokenizer", "GPT2BPETokenizer")
+
+
+class Tokenizer:
+    """Wraps a `tokenizers.Tokenizer`; ids include special tokens, and decode keeps every character."""
+
+    def __init__(self, tok, source: str):
+        self._tok = tok
+        eod = tok.token_to_id(EOD_TOKEN)
+        if eod is None:
+            raise UserError(f"{source} has no '{EOD_TOKEN}' token (needed as the end-of-document id)")
+        self.eod = eod
+        vocab = tok.get_vocab(with_added_tokens=True)
+        self.vocab_size = max(len(vocab), max(vocab.values()) + 1)
+
+    def encode(self, text: str) -> List[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: List[str]) -> List[List[int]]:
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        # Special tokens are kept so that a literal '<|endoftext|>' in the text comes back too.
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+def _check_file(path: Optional[str], key: str, what: str) -> str:
+    if not path:
+        raise UserError(f"'{key}' is not set: the tokenizer needs {what}")
+    if not os.path.isfile(path):
+        raise UserError(f"{key} '{path}' does not exist (expected {what})")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{key} '{path}' is not readable")
+    return path
+
+
+def _byte_level(tok):
+    """Make a tokenizer lossless byte-level BPE: no normalizer, no prefix space, byte-level decoder."""
+    from tokenizers import decoders, pre_tokenizers
+
+    tok.normalizer = None
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = None
+    return tok
+
+
+def _load_hf(vocab_file: Optional[str]) -> Tokenizer:
+    from tokenizers import Tokenizer as HFTok
+
+    path = _check_file(vocab_file, "vocab-file", "a Hugging Face tokenizers 'tokenizer.json'")
+    try:
+        tok = HFTok.from_file(path)
+    except Exception as e:  # the tokenizers library raises bare Exceptions for any malformed file
+        raise UserError(f"vocab-file '{path}' is not a tokenizers tokenizer.json ({_first_line(e)})") from None
+    return Tokenizer(tok, f"vocab-file '{path}'")
+
+
+def _load_gpt2(vocab_file: Optional[str], merge_file: Optional[str]) -> Tokenizer:
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers.models import BPE
+
+    vocab = _check_file(vocab_file, "vocab-file", "a GPT-2 BPE vocab.json")
+    merges = _check_file(merge_file, "merge-file", "a GPT-2 BPE merges.txt")
+    try:
+        with open(vocab, encoding="utf-8") as f:
+            if not isinstance(json.load(f), dict):
+                raise ValueError("not a JSON object of token -> id")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"vocab-file '{vocab}' is not a GPT-2 vocab.json ({_first_line(e)})") from None
+    try:
+        model = BPE.from_file(vocab, merges)
+    except Exception as e:
+        raise UserError(f"merge-file '{merges}' (with vocab-file '{vocab}') is not a GPT-2 merges.txt "
+                        f"({_first_line(e)})") from None
+    tok = _byte_level(HFTok(model))
+    tok.add_special_tokens([AddedToken(EOD_TOKEN, special=True, normalized=False)])
+    return Tokenizer(tok, f"vocab-file '{vocab}'")
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def build_tokenizer(tokenizer_type: str, vocab_file: Optional[str], merge_file: Optional[str] = None) -> Tokenizer:
+    """HFTokenizer (vocab_file = tokenizer.json) or GPT2BPETokenizer (vocab.json + merges.txt)."""
+    if tokenizer_type == "HFTokenizer":
+        return _load_hf(vocab_file)
+    if tokenizer_type == "GPT2BPETokenizer":
+        return _load_gpt2(vocab_file, merge_file)
+    raise UserError(f"tokenizer-type '{tokenizer_type}' is unknown; valid: {', '.join(TOKENIZER_TYPES)}")
+
+
+def train_byte_level_bpe(texts, vocab_size: int, length: Optional[int] = None):
+    """Train a lossless byte-level BPE (`tokenizers.Tokenizer`) with the single special token EOD_TOKEN."""
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import pre_tokenizers, trainers
+    from tokenizers.models import BPE
+
+    tok = _byte_level(HFTok(BPE()))
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOD_TOKEN], show_progress=False,
+        # every byte is in the vocabulary, so any text (any unicode) encodes without unknown tokens
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer, length=length)
+    return tok
+
+
+def save_tokenizer(tok, out_dir: str) -> None:
+    """Write tokenizer.json, vocab.json and merges.txt into out_dir, each via a temporary name and a rename."""
+    import shutil
+    import tempfile
+
+    os.makedirs(out_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tokenizer-", dir=out_dir)
+    try:
+        tok.save(os.path.join(staging, "tokenizer.json"))
+        tok.model.save(staging)  # vocab.json + merges.txt, for GPT2BPETokenizer
+        for name in ("vocab.json", "merges.txt", "tokenizer.json"):
+            os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
