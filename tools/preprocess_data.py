@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Tokenize jsonl files and/or source directories into Megatron/GPT-NeoX mmap datasets (GPT-NeoX's flags)."""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_lite.data.preprocess import preprocess  # noqa: E402
+from megatron_lite.errors import UserError, exit_on_user_error  # noqa: E402
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--input", required=True,
+                   help="comma-separated jsonl files and/or directories (each source file is one document)")
+    p.add_argument("--jsonl-keys", nargs="+", default=["text"], help="keys to extract; one dataset per key")
+    p.add_argument("--tokenizer-type", default="HFTokenizer", help="HFTokenizer | GPT2BPETokenizer")
+    p.add_argument("--vocab-file", default=None, help="tokenizer.json (HFTokenizer) or vocab.json (GPT2BPETokenizer)")
+    p.add_argument("--merge-file", default=None, help="merges.txt (GPT2BPETokenizer)")
+    p.add_argument("--append-eod", action="store_true", help="append <|endoftext|> to every document")
+    p.add_argument("--output-prefix", required=True, help="writes PREFIX_KEY_document.{bin,idx}")
+    p.add_argument("--dataset-impl", default="mmap", help="only 'mmap' is supported")
+    p.add_argument("--workers", type=int, default=1, help="encoding processes")
+    p.add_argument("--log-interval", type=int, default=100, help="documents between progress reports")
+    return p.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv=None):
+    args = parse_args(argv)
+    if args.dataset_impl != "mmap":
+        raise UserError(f"dataset-impl '{args.dataset_impl}' is not supported (expected 'mmap')")
+    if args.log_interval < 1:
+        raise UserError(f"log-interval must be at least 1, got {args.log_interval}")
+    inputs = [p for p in args.input.split(",") if p]
+    result = preprocess(inputs, args.output_prefix, args.tokenizer_type, args.vocab_file, args.merge_file,
+                        args.jsonl_keys, args.append_eod, args.workers, args.log_interval)
+    for key, prefix in result["prefixes"].items():
+        print(f"{prefix}.{{bin,idx}}: {result['documents'][key]} documents")
+    print(f"{result['tokens']} tokens from {result['bytes'] / 1e6:.2f} MB in {result['seconds']:.1f} s "
+          f"({result['rates']})")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
