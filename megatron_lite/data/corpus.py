@@ -28,13 +28,23 @@ def check_inputs(inputs: Sequence[str], key: str = "input") -> List[str]:
 
 
 def walk_source_files(root: str, exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS) -> Iterator[Tuple[str, str]]:
-    """(absolute path, path relative to root with '/'), in sorted order so every run sees the same sequence."""
+    """(path, path relative to root with '/') of every file, depth first in name order: the same on every run."""
     excluded = set(exclude_dirs)
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in excluded)
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            yield full, os.path.relpath(full, root).replace(os.sep, "/")
+
+    def walk(directory: str, rel: str):
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError:
+            return  # an unreadable directory holds nothing we can use
+        for entry in entries:
+            entry_rel = f"{rel}{entry.name}"
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name not in excluded:
+                    yield from walk(entry.path, entry_rel + "/")
+            elif entry.is_file():
+                yield entry.path, entry_rel
+
+    yield from walk(root, "")
 
 
 def read_source(path: str, max_bytes: Optional[int] = None) -> Tuple[Optional[str], str]:
