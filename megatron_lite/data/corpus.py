@@ -86,25 +86,19 @@ def iter_jsonl(path: str) -> Iterator[Tuple[int, dict]]:
 
 
 def iter_documents(inputs: Sequence[str], keys: Sequence[str] = ("text",),
-                   exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS,
-                   skipped: Optional[Counter] = None) -> Iterator[Dict[str, str]]:
-    """One {key: text} per document: each source file of a directory (under key 'text'), each jsonl record."""
-    skipped = Counter() if skipped is None else skipped
+                   exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS) -> Iterator[Dict[str, str]]:
+    """One {key: text} per document: each UTF-8 source file of a directory (key 'text'), each jsonl record."""
     for path in inputs:
         if os.path.isdir(path):
+            if list(keys) != ["text"]:
+                raise UserError(f"jsonl-keys {list(keys)} do not apply to directory input '{path}' "
+                                f"(its files are documents under the key 'text')")
             for full, _ in walk_source_files(path, exclude_dirs):
                 if language_of(full) is None:
                     continue
-                text, reason = read_source(full)
-                if text is None:
-                    skipped[reason] += 1
-                    continue
-                doc = {"text": text}
-                missing = [k for k in keys if k not in doc]
-                if missing:
-                    raise UserError(f"jsonl-keys {missing} do not apply to directory input '{path}' "
-                                    f"(its files are documents under the key 'text')")
-                yield doc
+                text, _ = read_source(full)
+                if text is not None:  # None: binary, not UTF-8, empty or unreadable, so not a document
+                    yield {"text": text}
         else:
             for lineno, record in iter_jsonl(path):
                 for k in keys:

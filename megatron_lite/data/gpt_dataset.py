@@ -142,7 +142,7 @@ def build_train_valid_test_datasets(data_prefix: str, split: str, seq_length: in
         raise UserError(f"seq-length must be positive, got {seq_length}")
     if len(num_samples) != 3 or any(int(n) < 0 for n in num_samples):
         raise ValueError(f"num_samples must be three non-negative counts, got {num_samples}")
-    ranges = split_ranges(split, 0)  # validate the split string before touching the data
+    parse_split(split)  # validate the split string before touching the data
     indexed = IndexedDataset(data_prefix)
     ranges = split_ranges(split, len(indexed))
     out = []

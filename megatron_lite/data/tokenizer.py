@@ -36,8 +36,10 @@ class Tokenizer:
 def _check_file(path: Optional[str], key: str, what: str) -> str:
     if not path:
         raise UserError(f"'{key}' is not set: the tokenizer needs {what}")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise UserError(f"{key} '{path}' does not exist (expected {what})")
+    if not os.path.isfile(path):
+        raise UserError(f"{key} '{path}' is not a file (expected {what})")
     if not os.access(path, os.R_OK):
         raise UserError(f"{key} '{path}' is not readable")
     return path
