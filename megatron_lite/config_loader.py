@@ -119,6 +119,16 @@ def read_yaml(path: str) -> dict:
     return data
 
 
+class CommandLineValue(str):
+    """A raw `--key value` string: kept verbatim for string keys, read as YAML for the others."""
+
+    def parsed(self):
+        try:
+            return yaml.safe_load(self) if self else ""
+        except yaml.YAMLError:
+            return str(self)
+
+
 def parse_overrides(args):
     """Turn ['--train-iters', '100', '--save=x'] into {'train_iters': (100, '--train-iters')}."""
     out = {}
@@ -134,11 +144,7 @@ def parse_overrides(args):
                 i += 1
             else:
                 value = "true"  # a bare flag switches a boolean on
-        try:
-            parsed = yaml.safe_load(value) if value != "" else ""
-        except yaml.YAMLError:
-            parsed = value
-        out[normalize(name)] = (parsed, f"--{name}")
+        out[normalize(name)] = (CommandLineValue(value), f"--{name}")
         i += 1
     return out
 
@@ -170,6 +176,8 @@ def _where(spelling, source):
 def _apply(cfg, key, value, source, spelling):
     """Route one key to its section, converting and checking its type."""
     where = _where(spelling, source)
+    if isinstance(value, CommandLineValue) and key not in FIELDS:
+        value = value.parsed()  # nested sections given on the command line, e.g. --bf16 "{enabled: true}"
     if key in DERIVED:
         raise UserError(f"{where} is derived from the launcher's process count; do not set it")
     if key in NO_EFFECT_KEYS:
@@ -244,10 +252,14 @@ def _convert(value, annotation, where):
     """Check and convert a YAML value to a field's annotated type."""
     origin = typing.get_origin(annotation)
     if origin is typing.Union:  # Optional[T]
+        if isinstance(value, CommandLineValue) and value.parsed() is None:
+            return None
         if value is None:
             return None
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
         origin = typing.get_origin(annotation)
+    if isinstance(value, CommandLineValue):  # "def f():" stays a string; "3" becomes 3 for an int key
+        value = str(value) if annotation is str else value.parsed()
     if origin in (list, typing.List):
         (item,) = typing.get_args(annotation)
         if isinstance(value, str):

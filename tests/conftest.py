@@ -1,6 +1,7 @@
 """Shared fixtures: a small real code corpus (from this Python's standard library) run through our tools."""
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -26,7 +27,7 @@ def small_corpus(tmp_path_factory):
     src = root / "src"
     src.mkdir()
     for package in ("json", "email", "logging", "http", "urllib"):
-        os.symlink(os.path.join(STDLIB, package), src / package)
+        shutil.copytree(os.path.join(STDLIB, package), src / package, ignore=shutil.ignore_patterns("__pycache__"))
     corpus = root / "corpus.jsonl"
     run_tool("tools/collect_corpus.py", "--input", str(src), "--languages", "Python", "--output", str(corpus))
     run_tool("tools/train_tokenizer.py", "--input", str(corpus), "--vocab-size", "1024", "--output", str(root / "tok"))

@@ -138,4 +138,4 @@ def test_argv_splitting():
         split_argv(["--x", "1"])
     with pytest.raises(UserError, match="expected config files"):
         split_argv(["a.txt"])
-    assert parse_overrides(["--a-b", "3"]) == {"a_b": (3, "--a-b")}
+    assert parse_overrides(["--a-b", "3"]) == {"a_b": ("3", "--a-b")}
