@@ -17,7 +17,7 @@ def main(argv):
     cfg = load_config_from_argv(argv)
     from megatron_lite.build import load_trained_model
     from megatron_lite.data.gpt_dataset import build_train_valid_test_datasets
-    from megatron_lite.evaluation.perplexity import perplexity
+    from megatron_lite.evaluation.perplexity import perplexity, unigram_entropy
     from megatron_lite.training.trainer import autocast
 
     unknown = set(cfg.eval.eval_tasks) - {"perplexity"}
@@ -34,8 +34,9 @@ def main(argv):
         raise UserError(f"split '{cfg.data.split}' gives the {cfg.eval.eval_split} split no documents (key 'split')")
     result = perplexity(model, dataset, cfg.train.train_micro_batch_size_per_gpu, device,
                         lambda: autocast(device, cfg.precision.precision))
-    print(f"{cfg.eval.eval_split} perplexity {result['perplexity']:.3f} (loss {result['loss']:.4f} "
-          f"over {result['tokens']} tokens)")
+    result["unigram_entropy"] = unigram_entropy(dataset)
+    print(f"{cfg.eval.eval_split} perplexity {result['perplexity']:.3f} (loss {result['loss']:.4f} nats/token "
+          f"over {result['tokens']} tokens; a unigram model of this split scores {result['unigram_entropy']:.4f})")
     if cfg.eval.eval_results_prefix:
         path = f"{cfg.eval.eval_results_prefix}_results.json"
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -65,6 +65,7 @@ data-path: {small_corpus['prefix']}
 vocab-file: {small_corpus['tokenizer']}
 save: {tmp_path / 'ckpt'}
 log-dir: {tmp_path / 'logs'}
+tensorboard-dir: {tmp_path / 'tb'}
 """
     )
     return str(path)

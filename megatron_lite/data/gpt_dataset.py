@@ -93,7 +93,7 @@ class GPTDataset:
 
     def __init__(self, name: str, prefix: str, indexed: IndexedDataset, documents: np.ndarray,
                  seq_length: int, num_samples: int, seed: int):
-        self.name, self.indexed, self.seq_length = name, indexed, seq_length
+        self.name, self.indexed, self.seq_length, self.documents = name, indexed, seq_length, documents
         sizes = indexed.sizes
         num_tokens_epoch = int(sizes[documents].astype(np.int64).sum())
         if num_tokens_epoch < seq_length + 1:

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -22,3 +23,11 @@ def perplexity(model, dataset, batch_size: int, device, autocast_ctx) -> dict:
         total_tokens += tokens[:, 1:].numel()
     mean = total_loss / max(total_tokens, 1)
     return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "tokens": total_tokens}
+
+
+def unigram_entropy(dataset) -> float:
+    """Entropy (nats/token) of the split's token frequencies: the loss of the best context-free model."""
+    tokens = np.concatenate([dataset.indexed[int(d)] for d in dataset.documents]).astype(np.int64)
+    p = np.bincount(tokens)
+    p = p[p > 0] / len(tokens)
+    return float(-(p * np.log(p)).sum())

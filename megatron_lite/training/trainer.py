@@ -171,7 +171,8 @@ class Trainer:
         )
         bar = tqdm(total=t.train_iters, initial=self.state.iteration, desc="train", unit="it",
                    dynamic_ncols=True, disable=None)
-        last_eval, started = {}, time.perf_counter()
+        last_eval, started, first_iter = {}, time.perf_counter(), self.state.iteration
+        self.throughput.report()  # start the clock here, not at construction
         while self.state.iteration < t.train_iters:
             step = self.train_step()
             it = self.state.iteration
@@ -179,8 +180,7 @@ class Trainer:
             record = {"iteration": it, **step}
             if it % cfg.log.log_interval == 0 or it == t.train_iters:
                 record.update(self.throughput.report())
-                rate = bar.format_dict.get("rate") or 0
-                eta = (t.train_iters - it) / rate if rate else float("nan")
+                eta = (time.perf_counter() - started) / (it - first_iter) * (t.train_iters - it)
                 bar.write(
                     f"iter {it}/{t.train_iters} | loss {step['loss']:.4f} | lr {step['lr']:.3e} | "
                     f"grad norm {step['grad_norm']:.3f} | loss scale {step['loss_scale']:g} | "
