@@ -65,7 +65,10 @@ def hf_peer(cfg, ours):
     if hasattr(hf_cfg, "rope_parameters") and isinstance(hf_cfg.rope_parameters, dict):
         hf_cfg.rope_parameters["partial_rotary_factor"] = m.rotary_pct
     peer = GPTNeoXForCausalLM(hf_cfg)
-    state = {(k if k.startswith("embed_out") else f"gpt_neox.{k}"): v for k, v in ours.state_dict().items()}
+    # transformers >= 5 names the output layer lm_head in memory (embed_out on disk).
+    out_name = "lm_head" if hasattr(peer, "lm_head") else "embed_out"
+    state = {(k.replace("embed_out", out_name) if k.startswith("embed_out") else f"gpt_neox.{k}"): v
+             for k, v in ours.state_dict().items()}
     missing, unexpected = peer.load_state_dict(state, strict=False)
     params = dict(peer.named_parameters())
     assert not unexpected and not [k for k in missing if k in params], (missing, unexpected)
