@@ -7,6 +7,7 @@ and the file it came from.
 
 import difflib
 import os
+import re
 import typing
 from dataclasses import fields
 
@@ -380,6 +381,21 @@ def _derive_and_validate(cfg, raw, env):
         raise UserError(f"{where('top_p')}: must be in [0, 1], got {g.top_p}")
     if g.top_k < 0:
         raise UserError(f"{where('top_k')}: must be >= 0, got {g.top_k}")
+    if g.repetition_penalty <= 0:
+        raise UserError(f"{where('repetition_penalty')}: must be > 0, got {g.repetition_penalty}")
+    if not 0.0 <= g.penalty_alpha <= 1.0:
+        raise UserError(f"{where('penalty_alpha')}: must be in [0, 1], got {g.penalty_alpha}")
+    if g.penalty_alpha > 0 and g.top_k < 2:
+        raise UserError(f"{where('penalty_alpha')}: contrastive search needs top-k >= 2, got top-k {g.top_k}")
+    if g.num_beams < 1:
+        raise UserError(f"{where('num_beams')}: must be >= 1, got {g.num_beams}")
+    if g.num_beams > 1 and g.num_samples > g.num_beams:
+        raise UserError(f"{where('num_samples')}: beam search returns at most num-beams = {g.num_beams} samples")
+    for pattern in g.truncate_before_pattern:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise UserError(f"{where('truncate_before_pattern')}: {pattern!r} is not a regular expression: {e}") from None
 
 
 def _derive_batch(t, dp, where):

@@ -30,3 +30,8 @@ class KVCache:
     def reset(self) -> None:
         """Forget the stored tokens (the memory is reused)."""
         self.length = 0
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index` (may repeat or drop rows): beam search and contrastive search regroup them."""
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
