@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Generate code with a trained model: ./deepy.py generate.py CONF.yml [...] [--prompt "def f():"]
 
-text-gen-type: unconditional (num-samples from scratch) | input-file (one prompt per line of
-sample-input-file) | interactive (prompts typed at a `>>>` prompt). `prompt` completes one prompt.
+text-gen-type: unconditional (num-samples from scratch) | input-file (sample-input-file: a text file is one
+prompt, kept byte for byte; a jsonl file gives one prompt per record's "prompt") | interactive.
+`prompt` completes a single prompt. Samples go to stdout and, with sample-output-file, to jsonl.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -14,63 +16,72 @@ from megatron_lite.errors import UserError, exit_on_user_error
 
 
 def read_prompts(path: str) -> list:
+    """Prompts of an input file: the whole text file, or the 'prompt' of each jsonl record."""
     if not path:
         raise UserError("text-gen-type input-file needs 'sample-input-file'")
     try:
-        with open(path, encoding="utf-8") as f:
-            prompts = [line.rstrip("\n").replace("\\n", "\n") for line in f if line.strip()]
-    except OSError as e:
-        raise UserError(f"cannot read sample-input-file {path}: {e.strerror}") from None
+        with open(path, encoding="utf-8", newline="") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read sample-input-file {path}: {e}") from None
+    if not path.endswith(".jsonl"):
+        if not text:
+            raise UserError(f"sample-input-file {path} is empty")
+        return [text]
+    prompts = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            prompts.append(record["prompt"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{path}:{lineno}: expected a JSON object with a 'prompt' string") from None
+        if not isinstance(prompts[-1], str):
+            raise UserError(f"{path}:{lineno}: 'prompt' must be a string")
     if not prompts:
         raise UserError(f"sample-input-file {path} holds no prompts")
     return prompts
 
 
-def write_samples(path: str, samples: list) -> None:
-    """jsonl of {context, text}, written under a temporary name and renamed."""
+def write_samples(path: str, completions: list) -> None:
+    """jsonl of context, text, length, finished, duration_seconds; written under a temporary name, then renamed."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        for context, text in samples:
-            f.write(json.dumps({"context": context, "text": text}) + "\n")
-    os.replace(path + ".tmp", path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for c in completions:
+            f.write(json.dumps(dataclasses.asdict(c)) + "\n")
+    os.replace(tmp, path)
 
 
 @exit_on_user_error
 def main(argv):
     cfg = load_config_from_argv(argv)
-    import torch
-
     from megatron_lite.build import load_trained_model
-    from megatron_lite.generation.engine import generate_text
+    from megatron_lite.generation.engine import TextGenerator
+    from megatron_lite.generation.interactive import run_interactive
 
     g = cfg.generate
-    model, tokenizer, device = load_trained_model(cfg)
-    rng = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    complete = lambda prompt: generate_text(model, tokenizer, prompt, g, cfg.model.max_position_embeddings, rng)  # noqa: E731
-
-    samples = []
+    model, tokenizer, _ = load_trained_model(cfg)
+    generator = TextGenerator(model, tokenizer, g, cfg.model.max_position_embeddings, seed=cfg.train.seed)
+    completions = []
     if g.prompt is not None:
-        samples.append((g.prompt, complete(g.prompt)))
-        print(g.prompt + samples[-1][1])
+        completions = generator.complete(g.prompt)
+        for c in completions:
+            print(c.context + c.text)
     elif g.text_gen_type == "unconditional":
-        for i in range(g.num_samples):
-            samples.append(("", complete("")))
-            print(f"--- sample {i + 1} ---\n{samples[-1][1]}")
+        completions = generator.complete("")
+        for i, c in enumerate(completions):
+            print(f"--- sample {i + 1} ---\n{c.text}")
     elif g.text_gen_type == "input-file":
         for prompt in read_prompts(g.sample_input_file):
-            samples.append((prompt, complete(prompt)))
-            print(f"--- {prompt!r} ---\n{prompt}{samples[-1][1]}")
-    else:  # interactive
-        while True:
-            try:
-                prompt = input(">>> ")
-            except EOFError:
-                break
-            text = complete(prompt.replace("\\n", "\n"))
-            samples.append((prompt, text))
-            print(prompt + text)
+            for c in generator.complete(prompt):
+                completions.append(c)
+                print(f"--- {prompt[:60]!r} ---\n{c.context}{c.text}")
+    else:
+        completions = [c for _, c in run_interactive(generator)]
     if g.sample_output_file:
-        write_samples(g.sample_output_file, samples)
+        write_samples(g.sample_output_file, completions)
 
 
 if __name__ == "__main__":

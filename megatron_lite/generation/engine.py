@@ -1,42 +1,193 @@
-"""Autoregressive generation with a KV cache (or full recompute, the reference path)."""
+"""Autoregressive generation with a KV cache: greedy / sampling, beam search and contrastive search.
+
+`recompute` runs the whole context through the model at every step: the plain reference the cached
+path is tested against.
+"""
+
+import time
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from megatron_lite.config import GenerateConfig
-from megatron_lite.generation.sampling import sample_next
+from megatron_lite.generation.sampling import apply_repetition_penalty, sample_next
+from megatron_lite.generation.stopping import cut_point
 
 
-@torch.no_grad()
-def generate_tokens(model, context: list, max_new_tokens: int, max_len: int, cfg: GenerateConfig,
-                    eod: int, generator: torch.Generator = None) -> list:
-    """Continue one token sequence; stops at end-of-document or after max_new_tokens. Returns new ids."""
-    device = next(model.parameters()).device
-    context = context[-(max_len - max_new_tokens):] if max_new_tokens < max_len else context[-1:]
-    tokens = torch.tensor([context], dtype=torch.long, device=device)  # [1, s]
-    total = min(tokens.size(1) + max_new_tokens, max_len)
-    cache = None if cfg.recompute else model.new_kv_cache(1, total, next(model.parameters()).dtype, device)
-    model.eval()
-    new, step_input, pos = [], tokens, 0
-    while tokens.size(1) < total:
+@dataclass
+class Completion:
+    context: str
+    text: str
+    length: int  # tokens generated, before any stop rule cut the text
+    finished: bool  # ended by end-of-document or a stop rule, not by the length limit
+    duration_seconds: float
+
+
+class TextGenerator:
+    """Completes prompts with one model and one decoding configuration; seeded, so runs repeat."""
+
+    def __init__(self, model, tokenizer, cfg: GenerateConfig, max_len: int, seed: int = 1234):
+        self.model, self.tokenizer, self.cfg, self.max_len = model.eval(), tokenizer, cfg, max_len
+        self.device = next(model.parameters()).device
+        self.rng = torch.Generator(device=self.device).manual_seed(seed)
+
+    def complete(self, prompt: str, num_samples: int = None, on_text=None) -> list:
+        """num_samples Completions of `prompt` ('' = unconditional), generated as one batch.
+
+        on_text(str) receives the first sample's new text as it is produced (streaming)."""
+        start = time.perf_counter()
+        context = self.tokenizer.encode(prompt) if prompt else []
+        rows = self.generate_ids(context, num_samples, on_text)
+        elapsed = time.perf_counter() - start
+        return [self._finish(prompt, ids, elapsed) for ids in rows]
+
+    @torch.inference_mode()
+    def generate_ids(self, context: list, num_samples: int = None, on_text=None) -> list:
+        """New token ids per sample (up to and including end-of-document) continuing `context` ids."""
+        cfg, eod = self.cfg, self.tokenizer.eod
+        budget = max(1, min(cfg.maximum_tokens, self.max_len - 1))
+        context = (list(context) or [eod])[-(self.max_len - budget):]  # keep the end of a long prompt
+        n = num_samples or cfg.num_samples
+        if cfg.num_beams > 1:
+            return self._beam_search(context, budget, n)
+        return self._decode(context, budget, n, on_text, contrastive=cfg.penalty_alpha > 0)
+
+    def _finish(self, prompt, ids, elapsed) -> Completion:
+        """Cut at end-of-document and the stop rules; decode."""
+        eod = self.tokenizer.eod
+        finished = eod in ids
+        ids = ids[: ids.index(eod)] if finished else ids
+        text = self.tokenizer.decode(ids)
+        cut = self._cut(text)
+        if cut is not None:
+            text, finished = text[:cut], True
+        return Completion(prompt, text, len(ids), finished, elapsed)
+
+    def _cut(self, text):
+        c = self.cfg
+        return cut_point(text, c.stop_sequences, c.truncate_before_pattern, c.stop_at_code_block)
+
+    def _has_stop_rules(self) -> bool:
+        c = self.cfg
+        return bool(c.stop_sequences or c.truncate_before_pattern or c.stop_at_code_block)
+
+    def _forward(self, new: torch.Tensor, everything: torch.Tensor, cache) -> torch.Tensor:
+        """Logits [b, v] of the last position after feeding `new` [b, n] (everything [b, t] when recomputing)."""
         if cache is None:
-            logits = model(tokens)  # recompute everything: the plain reference
-        else:
-            positions = torch.arange(pos, pos + step_input.size(1), device=device).unsqueeze(0)
-            logits = model(step_input, position_ids=positions, kv_cache=cache)
-            pos += step_input.size(1)
-        next_id = sample_next(logits[:, -1], cfg.temperature, cfg.top_k, cfg.top_p, generator)  # [1]
-        if next_id.item() == eod:
-            break
-        new.append(next_id.item())
-        step_input = next_id.view(1, 1)
-        tokens = torch.cat([tokens, step_input], dim=1)
-    return new
+            return self.model(everything, last_only=True)[:, -1]
+        return self.model(new, kv_cache=cache, last_only=True)[:, -1]  # positions continue from the cache
+
+    def _new_cache(self, batch, total):
+        return self.model.new_kv_cache(batch, total, next(self.model.parameters()).dtype, self.device)
+
+    def _pick(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        c = self.cfg
+        logits = apply_repetition_penalty(logits.float(), tokens, c.repetition_penalty)
+        return sample_next(logits, c.temperature, c.top_k, c.top_p, self.rng)  # [b]
+
+    def _decode(self, context, budget, n, on_text, contrastive=False) -> list:
+        """Greedy / sampled (or contrastive) decoding of n rows from one context; returns new ids per row."""
+        eod = self.tokenizer.eod
+        tokens = torch.tensor([context], dtype=torch.long, device=self.device).repeat(n, 1)  # [n, s]
+        use_cache = contrastive or not self.cfg.recompute
+        cache = self._new_cache(n, tokens.size(1) + budget) if use_cache else None
+        hidden = _LastHidden(self.model) if contrastive else None
+        logits = self._forward(tokens, tokens, cache)  # [n, v]
+        past_hidden = hidden.value if contrastive else None  # [n, s, h]
+        done = torch.zeros(n, dtype=torch.bool, device=self.device)
+        streamed, check_text = "", self._has_stop_rules() or on_text is not None
+        s0 = tokens.size(1)
+        try:
+            for _ in range(budget):
+                if contrastive:
+                    next_ids, logits, past_hidden = self._contrastive_step(logits, tokens, cache, hidden, past_hidden)
+                else:
+                    next_ids = self._pick(logits, tokens)
+                next_ids = torch.where(done, torch.full_like(next_ids, eod), next_ids)
+                tokens = torch.cat([tokens, next_ids[:, None]], dim=1)
+                done |= next_ids == eod
+                if check_text:
+                    texts = [self.tokenizer.decode(row) for row in tokens[:, s0:].tolist()]
+                    if on_text is not None and not done[0]:
+                        streamed = _stream(on_text, streamed, texts[0])
+                    for i, text in enumerate(texts):
+                        if not done[i] and self._cut(text) is not None:
+                            done[i] = True
+                if done.all():
+                    break
+                if not contrastive:
+                    logits = self._forward(next_ids[:, None], tokens, cache)
+        finally:
+            if hidden is not None:
+                hidden.remove()
+        return tokens[:, s0:].tolist()
+
+    def _contrastive_step(self, logits, tokens, cache, hidden, past_hidden):
+        """Pick among the top-k the token that is likely yet unlike the context (Su et al. 2022)."""
+        c = self.cfg
+        n, k = logits.size(0), c.top_k
+        probs = apply_repetition_penalty(logits.float(), tokens, c.repetition_penalty).softmax(-1)  # [n, v]
+        top_p, top_i = probs.topk(k, dim=-1)  # [n, k]
+        cache.reorder(torch.arange(n, device=self.device).repeat_interleave(k))  # [n*k] rows
+        cand_logits = self._forward(top_i.reshape(-1, 1), None, cache)  # [n*k, v]
+        cand_h = hidden.value[:, -1].reshape(n, k, -1)  # [n, k, h]
+        sim = F.cosine_similarity(cand_h.unsqueeze(2).float(), past_hidden.unsqueeze(1).float(), dim=-1)  # [n, k, t]
+        score = (1 - c.penalty_alpha) * top_p - c.penalty_alpha * sim.max(dim=-1).values  # [n, k]
+        best = score.argmax(dim=-1)  # [n]
+        rows = torch.arange(n, device=self.device) * k + best
+        cache.reorder(rows)
+        chosen_h = cand_h[torch.arange(n, device=self.device), best].unsqueeze(1)  # [n, 1, h]
+        return top_i[torch.arange(n, device=self.device), best], cand_logits[rows], torch.cat([past_hidden, chosen_h], 1)
+
+    def _beam_search(self, context, budget, n) -> list:
+        """num_beams hypotheses, best by log-probability / length; finished beams only extend with eod."""
+        eod, beams = self.tokenizer.eod, self.cfg.num_beams
+        tokens = torch.tensor([context], dtype=torch.long, device=self.device)  # [1, s]
+        cache = self._new_cache(1, tokens.size(1) + budget)
+        logits = self._forward(tokens, tokens, cache).repeat(beams, 1)  # [B, v]
+        cache.reorder(torch.zeros(beams, dtype=torch.long, device=self.device))
+        scores = torch.full((beams,), float("-inf"), device=self.device)
+        scores[0] = 0.0  # all beams start identical: expand only one of them first
+        seqs = torch.empty(beams, 0, dtype=torch.long, device=self.device)
+        done = torch.zeros(beams, dtype=torch.bool, device=self.device)
+        lengths = torch.zeros(beams, device=self.device)
+        for _ in range(budget):
+            logp = F.log_softmax(logits.float(), dim=-1)  # [B, v]
+            ended = torch.full_like(logp, float("-inf"))
+            ended[:, eod] = 0.0
+            logp = torch.where(done[:, None], ended, logp)
+            top = (scores[:, None] + logp).flatten().topk(beams)
+            origin, token = top.indices // logp.size(1), top.indices % logp.size(1)
+            scores, seqs = top.values, torch.cat([seqs[origin], token[:, None]], dim=1)
+            lengths = lengths[origin] + (~done[origin]).float()
+            done = done[origin] | (token == eod)
+            cache.reorder(origin)
+            if done.all():
+                break
+            logits = self._forward(token[:, None], None, cache)
+        order = (scores / lengths.clamp(min=1)).argsort(descending=True)[:n]
+        return seqs[order].tolist()
 
 
-def generate_text(model, tokenizer, prompt: str, cfg: GenerateConfig, max_len: int,
-                  generator: torch.Generator = None) -> str:
-    """Completion of a prompt ('' = unconditional, starting from end-of-document)."""
-    context = tokenizer.encode(prompt) if prompt else []
-    context = context or [tokenizer.eod]
-    ids = generate_tokens(model, context, cfg.maximum_tokens, max_len, cfg, tokenizer.eod, generator)
-    return tokenizer.decode(ids)
+class _LastHidden:
+    """Captures the final LayerNorm's output [b, s, h]: the hidden states contrastive search compares."""
+
+    def __init__(self, model):
+        self.value = None
+        self.handle = model.final_layer_norm.register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output):
+        self.value = output
+
+    def remove(self):
+        self.handle.remove()
+
+
+def _stream(on_text, streamed: str, text: str) -> str:
+    """Send the part of `text` not yet sent; hold back a trailing partial UTF-8 character."""
+    if text.endswith("\ufffd") or not text.startswith(streamed):
+        return streamed
+    if len(text) > len(streamed):
+        on_text(text[len(streamed):])
+    return text

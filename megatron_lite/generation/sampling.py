@@ -27,3 +27,12 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
     logits = filter_logits(logits / temperature, top_k, top_p)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's penalty: logits of tokens already in the sequence shrink toward unlikely. logits [b, v], seen [b, t]."""
+    if penalty == 1.0:
+        return logits
+    picked = logits.gather(-1, seen)  # [b, t]
+    picked = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return logits.scatter(-1, seen, picked)

@@ -138,8 +138,9 @@ class GPTModel(nn.Module):
                        dtype or p.dtype, device or p.device)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor = None,
-                kv_cache: KVCache = None) -> torch.Tensor:
-        """Logits [b, s, v]. With a kv_cache only the new tokens are given; they are appended to the cache."""
+                kv_cache: KVCache = None, last_only: bool = False) -> torch.Tensor:
+        """Logits [b, s, v] ([b, 1, v] with last_only, as decoding needs). With a kv_cache only the new
+        tokens are given; they are appended to the cache."""
         s = input_ids.size(1)
         offset = kv_cache.length if kv_cache is not None else 0
         cos, sin = self.rotary(s, input_ids.device, offset, position_ids)  # [1 or b, s, 1, rotary dims]
@@ -152,6 +153,8 @@ class GPTModel(nn.Module):
                 x = layer(x, cos, sin, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(s)
+        if last_only:
+            x = x[:, -1:]  # [b, 1, h]: skip the output projection of positions nobody reads
         x = self.final_layer_norm(x)
         weight = self.embed_out.weight if self.embed_out is not None else self.embed_in.weight
         return F.linear(x, weight)  # [b, s, v]

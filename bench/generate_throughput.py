@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Generation speed: our TextGenerator vs Hugging Face transformers generate(), same weights, same run.
+
+Both decode greedily with a KV cache, fp32 on CPU, from the same 128-token prompt, exactly the same
+number of new tokens (end-of-document disabled on both sides), at batch 1 and batch 8. Time to first
+token is one prefill plus one step. Rounds are interleaved after warm-up; medians are reported.
+Ends with `RATIO generate <ours/peer>` (batch-1 tokens/s).
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from megatron_lite.config import GenerateConfig  # noqa: E402
+from megatron_lite.config_loader import load_config  # noqa: E402
+from megatron_lite.generation.engine import TextGenerator  # noqa: E402
+from megatron_lite.model.gpt import GPTModel  # noqa: E402
+
+
+class NoEodTokenizer:
+    """Only what the engine needs when no stop rule is set: an end-of-document id that never occurs."""
+
+    eod = -1
+
+
+def hf_copy(model, m):
+    """transformers GPTNeoXForCausalLM of the same shape holding the same weights."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    hf_cfg = GPTNeoXConfig(
+        vocab_size=m.padded_vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
+        num_attention_heads=m.num_attention_heads, intermediate_size=4 * m.hidden_size,
+        max_position_embeddings=m.max_position_embeddings, rotary_pct=m.rotary_pct, rotary_emb_base=m.rotary_emb_base,
+        use_parallel_residual=m.gpt_j_residual, tie_word_embeddings=not m.no_weight_tying,
+        layer_norm_eps=m.layernorm_epsilon, hidden_act="gelu", attn_implementation="sdpa",
+        eos_token_id=None, bos_token_id=None, pad_token_id=0,
+    )
+    peer = GPTNeoXForCausalLM(hf_cfg).eval()
+    out_name = "lm_head" if hasattr(peer, "lm_head") else "embed_out"  # transformers >= 5 says lm_head
+    state = {(k.replace("embed_out", out_name) if k.startswith("embed_out") else f"gpt_neox.{k}"): v
+             for k, v in model.state_dict().items()}
+    peer.load_state_dict(state, strict=False)
+    return peer
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=os.path.join(REPO, "configs", "tiny.yml"))
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=96)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for both sides (0 = default)")
+    args = parser.parse_args()
+
+    m = load_config([args.config], ["--max-position-embeddings", "1024"]).model
+    m.padded_vocab_size = args.vocab
+    torch.manual_seed(0)
+    model = GPTModel(m).eval()
+    peer = hf_copy(model, m)
+    prompt = torch.randint(1, args.vocab, (args.prompt_tokens,)).tolist()
+
+    def ours(batch, new):
+        cfg = GenerateConfig(maximum_tokens=new, temperature=0.0)
+        return TextGenerator(model, NoEodTokenizer(), cfg, m.max_position_embeddings).generate_ids(prompt, batch)
+
+    def theirs(batch, new):
+        ids = torch.tensor([prompt] * batch)
+        with torch.inference_mode():
+            out = peer.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                                do_sample=False, use_cache=True)
+        return out[:, len(prompt):].tolist()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    same = ours(1, args.new_tokens) == theirs(1, args.new_tokens)
+    print(f"greedy tokens identical, ours vs transformers: {same}")
+    cases = [(name, fn, batch, new) for batch in (1, 8) for new in (1, args.new_tokens)
+             for name, fn in (("ours", ours), ("transformers", theirs))]
+    times = {(name, batch, new): [] for name, _, batch, new in cases}
+    for r in range(args.rounds + 1):  # round 0 is warm-up
+        for name, fn, batch, new in cases:
+            start = time.perf_counter()
+            fn(batch, new)
+            if r:
+                times[(name, batch, new)].append(time.perf_counter() - start)
+
+    print(f"shape: {m.num_layers} layers x {m.hidden_size} hidden x {m.num_attention_heads} heads, vocab {args.vocab}, "
+          f"prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, greedy, KV cache, fp32, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} interleaved rounds (medians)")
+    rate = {}
+    for batch in (1, 8):
+        for name in ("ours", "transformers"):
+            first = statistics.median(times[(name, batch, 1)])
+            total = statistics.median(times[(name, batch, args.new_tokens)])
+            rate[(name, batch)] = batch * args.new_tokens / total
+            print(f"batch {batch} {name:12s} time to first token {first * 1000:7.1f} ms  "
+                  f"tokens/s {rate[(name, batch)]:8.1f}")
+        print(f"batch {batch} ratio ours/transformers tokens/s {rate[('ours', batch)] / rate[('transformers', batch)]:.2f}")
+    print(f"RATIO generate {rate[('ours', 1)] / rate[('transformers', 1)]:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""generate.py from the command line: every mode on a trained checkpoint, driven as a user would."""
+
+import json
+import os
+import pty
+import select
+import signal
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO, run_tool
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, small_corpus):
+    """A briefly trained micro model that can also decode long sequences (max positions 2048)."""
+    root = tmp_path_factory.mktemp("gen")
+    cfg = root / "model.yml"
+    cfg.write_text(
+        f"num-layers: 2\nhidden-size: 64\nnum-attention-heads: 4\nseq-length: 64\nmax-position-embeddings: 2048\n"
+        f"train_micro_batch_size_per_gpu: 4\ntrain-iters: 10\neval-interval: 10\neval-iters: 1\n"
+        f"data-path: {small_corpus['prefix']}\nvocab-file: {small_corpus['tokenizer']}\n"
+        f"save: {root / 'ckpt'}\nload: {root / 'ckpt'}\n"
+    )
+    run_tool("deepy.py", "train.py", str(cfg))
+    return str(cfg), root
+
+
+def test_input_file_text_keeps_whitespace_exactly(checkpoint, tmp_path):
+    cfg, _ = checkpoint
+    prompt = "def f(a,\tb):  \r\n    return a  \n\n\n    "
+    (tmp_path / "prompt.py").write_bytes(prompt.encode())
+    out = tmp_path / "out.jsonl"
+    run_tool("deepy.py", "generate.py", cfg, "--text-gen-type", "input-file", "--sample-input-file",
+             str(tmp_path / "prompt.py"), "--sample-output-file", str(out), "--maximum-tokens", "8", "--num-samples", "2")
+    records = [json.loads(line) for line in open(out)]
+    assert len(records) == 2
+    for r in records:
+        assert r["context"] == prompt
+        assert set(r) == {"context", "text", "length", "finished", "duration_seconds"}
+        assert 0 < r["length"] <= 8 and r["duration_seconds"] > 0
+
+
+def test_input_file_jsonl_gives_many_prompts_and_seeds_repeat(checkpoint, tmp_path):
+    cfg, _ = checkpoint
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["import os\n", "class A:\n    "]) + "\n")
+    args = ["deepy.py", "generate.py", cfg, "--text-gen-type", "input-file", "--sample-input-file", str(prompts),
+            "--maximum-tokens", "12", "--temperature", "0.8", "--top-p", "0.9"]
+    run_tool(*args, "--sample-output-file", str(tmp_path / "a.jsonl"))
+    run_tool(*args, "--sample-output-file", str(tmp_path / "b.jsonl"))
+    a = [json.loads(line) for line in open(tmp_path / "a.jsonl")]
+    b = [json.loads(line) for line in open(tmp_path / "b.jsonl")]
+    assert [r["context"] for r in a] == ["import os\n", "class A:\n    "]
+    assert [r["text"] for r in a] == [r["text"] for r in b]
+
+
+def test_bad_input_files(checkpoint, tmp_path):
+    cfg, _ = checkpoint
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "no prompt key"}\n')
+    proc = run_tool("deepy.py", "generate.py", cfg, "--text-gen-type", "input-file", "--sample-input-file", str(bad),
+                    "--sample-output-file", str(tmp_path / "o.jsonl"), check=False)
+    assert proc.returncode == 2 and "bad.jsonl:1" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+class Terminal:
+    """A program on a pseudo-terminal: type into it, wait for what it prints."""
+
+    def __init__(self, argv):
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            os.chdir(REPO)
+            os.execv(sys.executable, [sys.executable, *argv])
+        self.seen = ""
+
+    def expect(self, text, timeout=60):
+        deadline = time.time() + timeout
+        while text not in self.seen:
+            ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.time()))
+            if not ready:
+                raise AssertionError(f"timed out waiting for {text!r}; screen so far:\n{self.seen}")
+            try:
+                self.seen += os.read(self.fd, 4096).decode(errors="replace")
+            except OSError:
+                raise AssertionError(f"program ended before {text!r}; screen:\n{self.seen}") from None
+        at = self.seen.index(text) + len(text)
+        before, self.seen = self.seen[:at], self.seen[at:]
+        return before
+
+    def type(self, text):
+        os.write(self.fd, text.encode())
+
+    def close(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            try:
+                os.read(self.fd, 4096)  # keep draining so the program never blocks on output
+            except OSError:
+                time.sleep(0.05)
+        os.kill(self.pid, signal.SIGKILL)
+        raise AssertionError("interactive session did not exit")
+
+
+def test_interactive_session(checkpoint):
+    cfg, _ = checkpoint
+    term = Terminal(["deepy.py", "generate.py", cfg, "--text-gen-type", "interactive", "--recompute", "true"])
+    try:
+        term.expect(">>> ")
+        term.type("/length 5\n")
+        term.expect("length = 5")
+        term.type("def add(a,\n")
+        term.expect("... ")
+        term.type("        b):\n\n")  # a multi-line prompt ends with an empty line
+        term.expect("[5 tokens")
+        term.type("/length 2000\n")
+        term.expect("length = 2000")
+        term.type("x = 1\\n\n\n")  # escaped newline accepted
+        time.sleep(1.0)
+        term.type("\x03")  # Ctrl-C: cancels this generation, keeps the session
+        term.expect("(generation cancelled)")
+        term.type("/length 3\n")
+        term.expect("length = 3")
+        term.type("y\n\n")
+        term.expect("[3 tokens")
+        term.type("/exit\n")
+        assert term.close() == 0
+    finally:
+        try:
+            os.kill(term.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
