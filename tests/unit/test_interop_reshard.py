@@ -1,0 +1,66 @@
+"""Tensor-parallel split/merge: round trips, the partition contract, and errors on inconsistent shards."""
+
+import pytest
+import torch
+
+from megatron_lite.config import ModelConfig
+from megatron_lite.errors import UserError
+from megatron_lite.model.gpt import GPTModel
+from megatron_lite.parallel.reshard import merge_tp_shards, partition_dim, reshard, split_tp
+
+
+def full_state(untied=True):
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, padded_vocab_size=64,
+                      max_position_embeddings=16, no_weight_tying=untied)
+    return GPTModel(cfg).state_dict()
+
+
+@pytest.mark.parametrize("untied", [True, False])
+@pytest.mark.parametrize("tp", [1, 2, 4])
+def test_split_then_merge_is_identity(tp, untied):
+    full = full_state(untied)
+    shards = split_tp(full, tp)
+    assert len(shards) == tp
+    merged = merge_tp_shards(shards)
+    assert set(merged) == set(full)
+    for name, t in full.items():
+        assert torch.equal(merged[name], t), name
+
+
+def test_partition_contract_shapes():
+    full = full_state()
+    shards = split_tp(full, 2)
+    qkv = "layers.0.attention.query_key_value.weight"
+    assert shards[0][qkv].shape == (48, 32) and torch.equal(shards[1][qkv], full[qkv][48:])  # heads 2, 3
+    assert shards[1]["layers.0.attention.dense.weight"].shape == (32, 16)
+    assert shards[0]["layers.1.mlp.dense_4h_to_h.weight"].shape == (32, 64)
+    assert shards[0]["layers.1.mlp.dense_h_to_4h.bias"].shape == (64,)
+    assert shards[0]["embed_in.weight"].shape == (32, 32) and shards[1]["embed_out.weight"].shape == (32, 32)
+    for name in ("layers.0.attention.dense.bias", "layers.0.mlp.dense_4h_to_h.bias", "final_layer_norm.weight",
+                 "layers.1.input_layernorm.bias"):
+        assert partition_dim(name) is None and torch.equal(shards[1][name], full[name])
+
+
+def test_reshard_n_to_m_matches_direct_split():
+    full = full_state()
+    direct = split_tp(full, 4)
+    via = reshard(split_tp(full, 2), 4)
+    for a, b in zip(direct, via):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_merge_refuses_disagreeing_replicas_and_missing_names():
+    shards = split_tp(full_state(), 2)
+    shards[1]["final_layer_norm.bias"] = shards[1]["final_layer_norm.bias"] + 1
+    with pytest.raises(UserError, match="final_layer_norm.bias.*differs"):
+        merge_tp_shards(shards)
+    shards = split_tp(full_state(), 2)
+    del shards[1]["embed_out.weight"]
+    with pytest.raises(UserError, match="rank 1 holds different parameters"):
+        merge_tp_shards(shards)
+
+
+def test_split_refuses_indivisible_sizes():
+    with pytest.raises(UserError, match="not divisible by tensor-parallel size 3"):
+        split_tp(full_state(), 3)
