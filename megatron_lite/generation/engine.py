@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_lite.config import GenerateConfig
+from megatron_lite.generation.fast_decode import FastDecoder, supports
 from megatron_lite.generation.sampling import apply_repetition_penalty, sample_next
 from megatron_lite.generation.stopping import cut_point
 
@@ -27,10 +28,11 @@ class Completion:
 class TextGenerator:
     """Completes prompts with one model and one decoding configuration; seeded, so runs repeat."""
 
-    def __init__(self, model, tokenizer, cfg: GenerateConfig, max_len: int, seed: int = 1234):
+    def __init__(self, model, tokenizer, cfg: GenerateConfig, max_len: int, seed: int = 1234, fast_decode: bool = True):
         self.model, self.tokenizer, self.cfg, self.max_len = model.eval(), tokenizer, cfg, max_len
         self.device = next(model.parameters()).device
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
+        self.fast = FastDecoder(model) if fast_decode and supports(model) else None
 
     def complete(self, prompt: str, num_samples: int = None, on_text=None) -> list:
         """num_samples Completions of `prompt` ('' = unconditional), generated as one batch.
@@ -72,11 +74,16 @@ class TextGenerator:
         c = self.cfg
         return bool(c.stop_sequences or c.truncate_before_pattern or c.stop_at_code_block)
 
-    def _forward(self, new: torch.Tensor, everything: torch.Tensor, cache) -> torch.Tensor:
-        """Logits [b, v] of the last position after feeding `new` [b, n] (everything [b, t] when recomputing)."""
+    def _forward(self, new: torch.Tensor, everything: torch.Tensor, cache, last_only=True) -> torch.Tensor:
+        """Logits [b, v] of the last position after feeding `new` [b, n] (everything [b, t] when recomputing).
+
+        last_only=False still returns the last logits but runs the final norm over every position
+        (contrastive search reads those hidden states)."""
         if cache is None:
-            return self.model(everything, last_only=True)[:, -1]
-        return self.model(new, kv_cache=cache, last_only=True)[:, -1]  # positions continue from the cache
+            return self.model(everything, last_only=last_only)[:, -1]
+        if self.fast is not None and new.size(1) == 1:
+            return self.fast.step(new, cache)
+        return self.model(new, kv_cache=cache, last_only=last_only)[:, -1]  # positions continue from the cache
 
     def _new_cache(self, batch, total):
         return self.model.new_kv_cache(batch, total, next(self.model.parameters()).dtype, self.device)
@@ -88,40 +95,42 @@ class TextGenerator:
 
     def _decode(self, context, budget, n, on_text, contrastive=False) -> list:
         """Greedy / sampled (or contrastive) decoding of n rows from one context; returns new ids per row."""
-        eod = self.tokenizer.eod
+        eod, cfg = self.tokenizer.eod, self.cfg
         tokens = torch.tensor([context], dtype=torch.long, device=self.device).repeat(n, 1)  # [n, s]
-        use_cache = contrastive or not self.cfg.recompute
-        cache = self._new_cache(n, tokens.size(1) + budget) if use_cache else None
+        keep_tokens = cfg.recompute or cfg.repetition_penalty != 1.0  # else the python lists suffice
+        cache = self._new_cache(n, tokens.size(1) + budget) if contrastive or not cfg.recompute else None
         hidden = _LastHidden(self.model) if contrastive else None
-        logits = self._forward(tokens, tokens, cache)  # [n, v]
+        logits = self._forward(tokens, tokens, cache, last_only=not contrastive)  # [n, v]
         past_hidden = hidden.value if contrastive else None  # [n, s, h]
-        done = torch.zeros(n, dtype=torch.bool, device=self.device)
+        rows, done = [[] for _ in range(n)], [False] * n
         streamed, check_text = "", self._has_stop_rules() or on_text is not None
-        s0 = tokens.size(1)
         try:
             for _ in range(budget):
                 if contrastive:
                     next_ids, logits, past_hidden = self._contrastive_step(logits, tokens, cache, hidden, past_hidden)
                 else:
-                    next_ids = self._pick(logits, tokens)
-                next_ids = torch.where(done, torch.full_like(next_ids, eod), next_ids)
-                tokens = torch.cat([tokens, next_ids[:, None]], dim=1)
-                done |= next_ids == eod
+                    next_ids = self._pick(logits, tokens)  # [n]
+                ids = next_ids.tolist()
+                for i in range(n):
+                    ids[i] = eod if done[i] else ids[i]  # a finished row only repeats end-of-document
+                    rows[i].append(ids[i])
+                    done[i] = done[i] or ids[i] == eod
                 if check_text:
-                    texts = [self.tokenizer.decode(row) for row in tokens[:, s0:].tolist()]
+                    texts = [self.tokenizer.decode(row) for row in rows]
                     if on_text is not None and not done[0]:
                         streamed = _stream(on_text, streamed, texts[0])
-                    for i, text in enumerate(texts):
-                        if not done[i] and self._cut(text) is not None:
-                            done[i] = True
-                if done.all():
+                    done = [d or self._cut(t) is not None for d, t in zip(done, texts)]
+                if all(done):
                     break
+                next_ids = torch.tensor(ids, device=self.device)[:, None]  # [n, 1]
+                if keep_tokens or contrastive:
+                    tokens = torch.cat([tokens, next_ids], dim=1)
                 if not contrastive:
-                    logits = self._forward(next_ids[:, None], tokens, cache)
+                    logits = self._forward(next_ids, tokens, cache)
         finally:
             if hidden is not None:
                 hidden.remove()
-        return tokens[:, s0:].tolist()
+        return rows
 
     def _contrastive_step(self, logits, tokens, cache, hidden, past_hidden):
         """Pick among the top-k the token that is likely yet unlike the context (Su et al. 2022)."""

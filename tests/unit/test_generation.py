@@ -121,10 +121,15 @@ def reference_contrastive(model, context, steps, k, alpha):
     return tokens[len(context):]
 
 
-def test_contrastive_search_matches_reference():
+@pytest.mark.parametrize("alpha", [0.6, 0.95])
+def test_contrastive_search_matches_reference(alpha):
     model = tiny_model()
-    got = generator(model, maximum_tokens=12, penalty_alpha=0.6, top_k=4).generate_ids([7, 8, 9], 1)[0]
-    assert got == reference_contrastive(model, [7, 8, 9], 12, 4, 0.6)
+    context = [7, 8, 9, 7, 8, 9, 10, 11]
+    got = generator(model, maximum_tokens=12, penalty_alpha=alpha, top_k=5).generate_ids(context, 1)[0]
+    expected = reference_contrastive(model, context, 12, 5, alpha)
+    assert got == expected
+    # The penalty must matter here, or this test would not tell contrastive search from greedy.
+    assert alpha < 0.9 or got != generator(model, maximum_tokens=12).generate_ids(context, 1)[0]
 
 
 def test_stop_rules():
@@ -171,3 +176,31 @@ def test_config_validation_of_decoding_keys(tmp_path):
         with pytest.raises(UserError, match=message):
             load_config([str(path)], overrides)
     assert dataclasses.replace(GenerateConfig(), top_k=3).top_k == 3
+
+
+@pytest.mark.parametrize("parallel_residual, rotary_pct", [(False, 0.5), (True, 1.0), (False, 0.25)])
+def test_fast_decode_step_matches_the_model_forward(parallel_residual, rotary_pct):
+    from megatron_lite.generation.fast_decode import FastDecoder
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=64, max_position_embeddings=64,
+                      padded_vocab_size=VOCAB, rotary_pct=rotary_pct, gpt_j_residual=parallel_residual)
+    model = GPTModel(cfg).eval()
+    fast = FastDecoder(model)
+    ids = torch.randint(0, VOCAB, (3, 12))
+    with torch.no_grad():
+        ref_cache, fast_cache = model.new_kv_cache(3, 12), model.new_kv_cache(3, 12)
+        model(ids[:, :4], kv_cache=ref_cache)
+        model(ids[:, :4], kv_cache=fast_cache)
+        for t in range(4, 12):
+            expected = model(ids[:, t:t + 1], kv_cache=ref_cache)[:, -1]
+            got = fast.step(ids[:, t:t + 1], fast_cache)
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_engine_tokens_identical_with_and_without_the_fast_step():
+    model = tiny_model()
+    cfg = GenerateConfig(maximum_tokens=30, temperature=0.9, top_k=20)
+    fast = TextGenerator(model, CharTokenizer(), cfg, 64, seed=3).generate_ids([4, 5], 3)
+    plain = TextGenerator(model, CharTokenizer(), cfg, 64, seed=3, fast_decode=False).generate_ids([4, 5], 3)
+    assert fast == plain
