@@ -1,0 +1,231 @@
+"""A sandbox worker process (stdlib only, run as a script): forks one guarded child per program it is sent.
+
+Protocol: one JSON job per line on stdin {"program", "cpu", "wall", "memory_mb", "nproc"}; one JSON verdict
+per line on stdout {"status": passed | failed | timed out, "detail", "wall_timeout": bool}.
+The child runs in its own session and process group, under RLIMIT_CPU / RLIMIT_AS / RLIMIT_NPROC, in a
+fresh temporary directory, with stdio on /dev/null and destructive functions removed. As root it also
+drops to a uid of its own (so it can neither signal nor delete anything of ours, and the process limit
+counts only its own processes), and the worker lives in a network namespace without interfaces.
+"""
+
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import socket  # noqa: F401 - imported once here so every child does not pay for it
+import subprocess  # noqa: F401
+import sys
+import tempfile
+import time
+
+IS_ROOT = os.geteuid() == 0
+CLONE_NEWNET = 0x40000000
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper():
+    """Orphaned descendants of a program become our children (not init's), so we can reap their zombies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def reap_children(seconds: float):
+    """Collect every exited child (zombies would count against the next program's process limit)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.002)
+
+
+def isolate_network() -> bool:
+    """Move this worker (and so every child) into an empty network namespace; False when not permitted."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def user_process_count() -> int:
+    """Processes owned by our uid (RLIMIT_NPROC counts these when we cannot switch to a uid of our own)."""
+    uid, count = os.getuid(), 0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                count += os.stat(f"/proc/{pid}").st_uid == uid
+            except OSError:
+                pass
+    return count
+
+
+def disable_destructive_functions():
+    """Remove what a completion could use to harm the machine or escape its limits (os and posix alike)."""
+    import builtins
+    import posix
+    import shutil as shutil_module
+    import subprocess
+
+    for name in ("kill", "killpg", "system", "fork", "forkpty", "vfork", "posix_spawn", "posix_spawnp",
+                 "execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp", "execlpe", "spawnv",
+                 "spawnve", "spawnvp", "spawnvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "popen",
+                 "putenv", "remove", "removedirs", "rmdir", "unlink", "rename", "renames", "replace", "truncate",
+                 "ftruncate", "chmod", "fchmod", "lchmod", "chown", "fchown", "lchown", "chroot", "fchdir",
+                 "chdir", "setuid", "seteuid", "setgid", "setsid", "setpgid", "setpgrp", "setresuid", "link",
+                 "symlink", "pidfd_open", "register_at_fork"):
+        for module in (os, posix):
+            if hasattr(module, name):
+                setattr(module, name, None)
+    for name in ("rmtree", "move", "chown"):
+        setattr(shutil_module, name, None)
+    subprocess.Popen = None
+    builtins.exit = builtins.quit = builtins.help = None
+    import socket  # the namespace already has no network; this also stops code that expects a socket to work
+
+    def no_network(*args, **kwargs):
+        raise OSError("network access is disabled in the sandbox")
+
+    for name in ("socket", "create_connection", "create_server", "socketpair", "getaddrinfo", "fromfd"):
+        setattr(socket, name, no_network)
+    for name in ("ctypes", "_ctypes", "_posixsubprocess", "multiprocessing", "resource", "psutil", "signal",
+                 "_signal", "pty"):
+        sys.modules[name] = None
+
+
+def run_child(program: str, job: dict, workdir: str, uid: int, report_fd: int):
+    """In the forked child: limit, isolate, guard, execute; write the verdict to report_fd; never return."""
+    try:
+        os.setsid()  # own session and process group: the worker kills the whole group afterwards
+        cpu = int(job["cpu"]) + 1  # whole seconds, after the finer timer below: the backstop for code that blocks it
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # SIGXCPU, then SIGKILL one second later
+        memory = job["memory_mb"] * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 2**20, 64 * 2**20))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        nproc = job["nproc"] if IS_ROOT else user_process_count() + job["nproc"]
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        os.chdir(workdir)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        if IS_ROOT:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        # Finer than RLIMIT_CPU's whole seconds: a CPU-time (not wall-time) alarm raises inside the program.
+        signal.signal(signal.SIGPROF, _on_cpu_alarm)
+        signal.setitimer(signal.ITIMER_PROF, job["cpu"])
+        report = os.fdopen(report_fd, "w")
+        disable_destructive_functions()
+    except BaseException as e:  # noqa: BLE001 - any setup failure is reported, never silently a pass
+        os.write(report_fd, json.dumps({"status": "failed", "detail": f"sandbox setup: {e!r}"}).encode())
+        os._exit(1)
+    try:
+        exec(compile(program, "<completion>", "exec"), {"__name__": "__main__"})
+        verdict = {"status": "passed", "detail": ""}
+    except _CpuTimeout:
+        verdict = {"status": "timed out", "detail": "cpu time limit"}
+    except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are failures too
+        verdict = {"status": "failed", "detail": f"{type(e).__name__}: {e}"[:300]}
+    report.write(json.dumps(verdict))
+    report.flush()
+    os._exit(0)
+
+
+class _CpuTimeout(BaseException):
+    pass
+
+
+def _on_cpu_alarm(signum, frame):
+    raise _CpuTimeout()
+
+
+def kill_uid(uid: int):
+    """SIGKILL every process of `uid`, including any that left our process group (root only)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setuid(uid)
+            os.kill(-1, signal.SIGKILL)  # all processes this uid may signal, i.e. its own, except this one
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def execute(job: dict, uid: int) -> dict:
+    """Run one program in a fresh child; wait for its verdict (wall-clock backstop); clean up everything."""
+    workdir = tempfile.mkdtemp(prefix="sandbox-")
+    if IS_ROOT:
+        os.chown(workdir, uid, uid)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        run_child(job["program"], job, workdir, uid, write_fd)
+    os.close(write_fd)
+    deadline, chunks, wall_timeout = time.monotonic() + job["wall"], [], False
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            wall_timeout = True
+            break
+        if select.select([read_fd], [], [], left)[0]:
+            data = os.read(read_fd, 65536)
+            if not data:
+                break
+            chunks.append(data)
+    os.close(read_fd)
+    try:
+        os.killpg(pid, signal.SIGKILL)  # the child and anything it started that stayed in its group
+    except ProcessLookupError:
+        pass
+    if IS_ROOT:
+        kill_uid(uid)
+    _, status = os.waitpid(pid, 0)
+    reap_children(1.0)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return verdict_of(b"".join(chunks), status, wall_timeout)
+
+
+def verdict_of(report: bytes, status: int, wall_timeout: bool) -> dict:
+    if wall_timeout:
+        return {"status": "timed out", "detail": "wall-clock backstop", "wall_timeout": True}
+    try:
+        verdict = json.loads(report.decode())
+    except ValueError:
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL):
+            verdict = {"status": "timed out", "detail": "cpu time limit (killed)"}
+        else:
+            verdict = {"status": "failed", "detail": f"ended without a verdict (wait status {status})"}
+    verdict["wall_timeout"] = False
+    return verdict
+
+
+def main():
+    uid = int(sys.argv[1]) if len(sys.argv) > 1 else 65534
+    network_isolated = IS_ROOT and isolate_network()
+    become_subreaper()
+    if IS_ROOT:
+        kill_uid(uid)  # leftovers of a predecessor that a program killed
+    out = sys.stdout
+    out.write(json.dumps({"ready": True, "network_isolated": network_isolated}) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        out.write(json.dumps(execute(json.loads(line), uid)) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()
