@@ -49,6 +49,16 @@ class ParallelConfig:
     pipe_parallel_size: int = opt(0, "pipeline-parallel size; only 0 or 1 (no pipelining) are supported")
     world_size: int = opt(1, "derived: number of processes (from the launcher's WORLD_SIZE)")
     data_parallel_size: int = opt(1, "derived: world_size / model_parallel_size")
+    num_procs: int = opt(1, "deepy.py: processes to start on this machine (or per host with a hostfile)")
+    num_gpus: Optional[int] = opt(None, "deepy.py: GPT-NeoX spelling of num_procs (processes per machine)")
+    hostfile: Optional[str] = opt(None, "deepy.py: file of 'host slots=N' lines; one torchrun node per host")
+    include: Optional[str] = opt(None, "deepy.py: comma-separated hosts of the hostfile to use (default: all)")
+    exclude: Optional[str] = opt(None, "deepy.py: comma-separated hosts of the hostfile to leave out")
+    launcher: str = opt("torchrun", "deepy.py: torchrun | mpirun (needs the mpi extra)")
+    master_addr: Optional[str] = opt(None, "rendezvous host (default: the first host, or 127.0.0.1)")
+    master_port: int = opt(29500, "rendezvous port")
+    distributed_timeout: int = opt(300, "seconds a collective may wait for a lost rank before the job fails")
+    ddp_bucket_mb: float = opt(25.0, "data-parallel gradient all-reduce bucket size in MiB")
 
 
 @dataclass

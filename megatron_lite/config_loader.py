@@ -62,6 +62,7 @@ CHOICES = {
     "lr_decay_style": ("cosine", "linear", "constant", "inverse_square_root"),
     "precision": ("fp32", "fp16", "bf16"),
     "text_gen_type": ("unconditional", "input-file", "interactive"),
+    "launcher": ("torchrun", "mpirun"),
     "eval_split": ("valid", "test"),
 }
 
@@ -354,6 +355,10 @@ def _derive_and_validate(cfg, raw, env):
             f"{where('model_parallel_size')}: {p.model_parallel_size} does not divide the {p.world_size} processes"
         )
     p.data_parallel_size = p.world_size // p.model_parallel_size
+    for key, size in (("num_attention_heads", m.num_attention_heads), ("hidden_size", m.hidden_size)):
+        if size % p.model_parallel_size:  # tensor parallelism splits whole heads and hidden columns
+            raise UserError(f"{where('model_parallel_size')}: {p.model_parallel_size} does not divide "
+                            f"{key.replace('_', '-')} {size}")
     _derive_batch(t, p.data_parallel_size, where)
 
     if o.lr <= 0:

@@ -13,6 +13,10 @@ from megatron_lite.model.init import init_weights
 from megatron_lite.model.kv_cache import KVCache
 from megatron_lite.model.rotary import RotaryEmbedding, apply_rotary, rotary_dims
 from megatron_lite.model.size import count_parameters, flops_per_token  # noqa: F401 (re-exported)
+from megatron_lite.parallel import state as parallel_state
+from megatron_lite.parallel.layers import column_linear, row_linear, vocab_embedding
+from megatron_lite.parallel.mappings import copy_to_tp_region
+from megatron_lite.parallel.random import TRACKER
 
 SUPPORTED = {"pos_emb": ("rotary",), "norm": ("layernorm",), "activation": ("gelu",),
              "attention_impl": ("sdpa", "reference")}
@@ -26,6 +30,9 @@ def check_model_config(cfg: ModelConfig) -> None:
     if cfg.hidden_size % cfg.num_attention_heads:
         raise UserError(f"key 'num_attention_heads' ({cfg.num_attention_heads}) must divide "
                         f"'hidden_size' ({cfg.hidden_size})")
+    tp = parallel_state.get().tp_size
+    if cfg.num_attention_heads % tp:
+        raise UserError(f"key 'model_parallel_size' ({tp}) must divide 'num_attention_heads' ({cfg.num_attention_heads})")
     if cfg.padded_vocab_size is None:
         raise UserError("key 'padded_vocab_size' is not set: it is derived from the tokenizer before the model")
 
@@ -54,14 +61,17 @@ def sdpa_attention(q, k, v, dropout_p: float) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    """Causal self-attention with a fused QKV projection laid out per head as [q, k, v] (as GPT-NeoX)."""
+    """Causal self-attention with a fused QKV projection laid out per head as [q, k, v] (as GPT-NeoX).
+
+    With tensor parallelism each rank computes its own heads (column-parallel QKV, row-parallel dense)."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
-        h = cfg.hidden_size
-        self.heads, self.head_dim, self.layer_idx = cfg.num_attention_heads, h // cfg.num_attention_heads, layer_idx
-        self.query_key_value = nn.Linear(h, 3 * h)
-        self.dense = nn.Linear(h, h)
+        h, tp = cfg.hidden_size, parallel_state.get().tp_size
+        self.heads, self.head_dim = cfg.num_attention_heads // tp, h // cfg.num_attention_heads  # heads: local
+        self.layer_idx = layer_idx
+        self.query_key_value = column_linear(h, 3 * h)
+        self.dense = row_linear(h, h)
         self.dropout_p = cfg.attention_dropout
         self.attend = sdpa_attention if cfg.attention_impl == "sdpa" else reference_attention
 
@@ -74,7 +84,8 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.append(self.layer_idx, k, v)  # [b, nh, past + s, d]
             k, v = k.to(q.dtype), v.to(q.dtype)
-        out = self.attend(q, k, v, self.dropout_p if self.training else 0.0)  # [b, nh, s, d]
+        with TRACKER.fork():  # attention dropout acts on this rank's own heads
+            out = self.attend(q, k, v, self.dropout_p if self.training else 0.0)  # [b, nh, s, d]
         return self.dense(out.transpose(1, 2).reshape(b, s, -1))  # [b, s, h]
 
 
@@ -83,8 +94,8 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.dense_h_to_4h = nn.Linear(cfg.hidden_size, 4 * cfg.hidden_size)
-        self.dense_4h_to_h = nn.Linear(4 * cfg.hidden_size, cfg.hidden_size)
+        self.dense_h_to_4h = column_linear(cfg.hidden_size, 4 * cfg.hidden_size)
+        self.dense_4h_to_h = row_linear(4 * cfg.hidden_size, cfg.hidden_size)
 
     def forward(self, x):
         return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x)))  # [b, s, h]
@@ -111,19 +122,21 @@ class TransformerLayer(nn.Module):
 
 
 class GPTModel(nn.Module):
-    """Token ids [b, s] -> logits [b, s, padded_vocab_size]; optional KV cache for incremental decoding."""
+    """Token ids [b, s] -> logits [b, s, padded_vocab_size]; optional KV cache for incremental decoding.
+
+    With tensor parallelism (tp > 1) the logits are this rank's vocabulary slice [b, s, v/tp]."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         check_model_config(cfg)
         self.cfg = cfg
         h, v = cfg.hidden_size, cfg.padded_vocab_size
-        self.embed_in = nn.Embedding(v, h)
+        self.embed_in = vocab_embedding(v, h)
         self.embed_dropout = nn.Dropout(cfg.hidden_dropout)
         self.layers = nn.ModuleList(TransformerLayer(cfg, i) for i in range(cfg.num_layers))
         self.final_layer_norm = nn.LayerNorm(h, eps=cfg.layernorm_epsilon)
         # Tied: the output projection reuses embed_in.weight and embed_out does not exist.
-        self.embed_out = nn.Linear(h, v, bias=False) if cfg.no_weight_tying else None
+        self.embed_out = column_linear(h, v, bias=False) if cfg.no_weight_tying else None
         head_dim = h // cfg.num_attention_heads
         self.rotary = RotaryEmbedding(rotary_dims(head_dim, cfg.rotary_pct), cfg.rotary_emb_base,
                                       cfg.max_position_embeddings)
@@ -134,7 +147,8 @@ class GPTModel(nn.Module):
         """An empty cache for up to max_len tokens per sequence (dtype/device default to the model's)."""
         p = self.embed_in.weight
         heads = self.cfg.num_attention_heads
-        return KVCache(len(self.layers), batch, heads, max_len, self.cfg.hidden_size // heads,
+        return KVCache(len(self.layers), batch, heads // parallel_state.get().tp_size, max_len,
+                       self.cfg.hidden_size // heads,
                        dtype or p.dtype, device or p.device)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor = None,
@@ -148,13 +162,13 @@ class GPTModel(nn.Module):
         for layer in self.layers:
             if self.checkpoint_activations and self.training and kv_cache is None:
                 # Keep only layer inputs; recompute the insides in backward (dropout RNG is replayed).
-                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, use_reentrant=False, context_fn=TRACKER.recompute_contexts)
             else:
                 x = layer(x, cos, sin, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(s)
         if last_only:
             x = x[:, -1:]  # [b, 1, h]: skip the output projection of positions nobody reads
-        x = self.final_layer_norm(x)
+        x = copy_to_tp_region(self.final_layer_norm(x))  # the output projection is column-parallel
         weight = self.embed_out.weight if self.embed_out is not None else self.embed_in.weight
-        return F.linear(x, weight)  # [b, s, v]
+        return F.linear(x, weight)  # [b, s, v / tp]

@@ -7,6 +7,8 @@ from torch import nn
 
 from megatron_lite.config import ModelConfig
 from megatron_lite.errors import UserError
+from megatron_lite.parallel import state as parallel_state
+from megatron_lite.parallel.layers import full_shape, is_tp_sharded
 
 INIT_METHODS = ("normal", "scaled_normal", "small_init", "wang_init")
 
@@ -37,7 +39,16 @@ def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
             p.zero_()
         elif "layernorm" in name or "layer_norm" in name:
             p.fill_(1.0)
-        elif name.endswith(OUTPUT_LAYER_WEIGHTS):
-            p.normal_(0.0, out_std)
-        else:  # embed_in, query_key_value, dense_h_to_4h, embed_out
-            p.normal_(0.0, std)
+        else:  # embed_in, query_key_value, dense_h_to_4h, embed_out; layer output projections
+            _normal_shard_(p, out_std if name.endswith(OUTPUT_LAYER_WEIGHTS) else std)
+
+
+def _normal_shard_(p: torch.Tensor, std: float) -> None:
+    """Normal init; a tensor-parallel shard draws the whole tensor and keeps its slice, so every tp size
+    (with the same seed) builds the same model."""
+    if not is_tp_sharded(p):
+        p.normal_(0.0, std)
+        return
+    s = parallel_state.get()
+    full = torch.empty(full_shape(p), dtype=p.dtype, device=p.device).normal_(0.0, std)
+    p.copy_(full.chunk(s.tp_size, dim=p.tp_dim)[s.tp_rank])

@@ -1,0 +1,112 @@
+"""Tensor-parallel layers: each rank holds a contiguous shard of the full weight (see reshard.py's contract).
+
+`tp_dim` on a parameter names the dimension it is split along; parameters without it are replicated.
+With tp=1 the factories return plain nn.Linear / nn.Embedding, which are also the parity references.
+"""
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from megatron_lite.parallel import state
+from megatron_lite.parallel.mappings import (copy_to_tp_region, gather_from_tp_region, reduce_from_tp_region,
+                                             scatter_to_tp_region)
+
+
+def _divide(n: int, tp: int, what: str) -> int:
+    if n % tp:
+        raise ValueError(f"{what} {n} is not divisible by tensor-parallel size {tp}")
+    return n // tp
+
+
+def _mark(p: nn.Parameter, dim: int) -> nn.Parameter:
+    p.tp_dim = dim
+    return p
+
+
+class ColumnParallelLinear(nn.Module):
+    """y = x A^T + b with A split along its output rows: [out/tp, in]; output stays split unless gather_output."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, gather_output: bool = False):
+        super().__init__()
+        tp = state.get().tp_size
+        self.out_local = _divide(out_features, tp, "output features")
+        self.weight = _mark(nn.Parameter(torch.empty(self.out_local, in_features)), 0)
+        self.bias = _mark(nn.Parameter(torch.zeros(self.out_local)), 0) if bias else None
+        self.gather_output = gather_output
+
+    def forward(self, x):  # x [..., in] (replicated) -> [..., out/tp] or [..., out]
+        y = F.linear(copy_to_tp_region(x), self.weight, self.bias)
+        return gather_from_tp_region(y) if self.gather_output else y
+
+
+class RowParallelLinear(nn.Module):
+    """y = x A^T + b with A split along its input columns: [out, in/tp]; partial sums are all-reduced."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, input_is_parallel: bool = True):
+        super().__init__()
+        tp = state.get().tp_size
+        self.weight = _mark(nn.Parameter(torch.empty(out_features, _divide(in_features, tp, "input features"))), 1)
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None  # replicated: added once, after the sum
+        self.input_is_parallel = input_is_parallel
+
+    def forward(self, x):  # x [..., in/tp] (or [..., in] when not input_is_parallel) -> [..., out]
+        if not self.input_is_parallel:
+            x = scatter_to_tp_region(x)
+        y = reduce_from_tp_region(F.linear(x, self.weight))
+        return y + self.bias if self.bias is not None else y
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Embedding whose rows (the vocabulary) are split: rank r owns ids [r*v/tp, (r+1)*v/tp)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__()
+        s = state.get()
+        local = _divide(num_embeddings, s.tp_size, "vocabulary size")
+        self.vocab_start, self.vocab_end = s.tp_rank * local, (s.tp_rank + 1) * local
+        self.weight = _mark(nn.Parameter(torch.empty(local, embedding_dim)), 0)
+
+    def forward(self, ids):  # ids [b, s] -> [b, s, h]
+        outside = (ids < self.vocab_start) | (ids >= self.vocab_end)
+        local_ids = (ids - self.vocab_start).masked_fill(outside, 0)
+        out = F.embedding(local_ids, self.weight).masked_fill(outside.unsqueeze(-1), 0.0)  # other ranks' rows: 0
+        return reduce_from_tp_region(out)
+
+
+def column_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Module:
+    return nn.Linear(in_features, out_features, bias) if state.get().tp_size == 1 else \
+        ColumnParallelLinear(in_features, out_features, bias)
+
+
+def row_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Module:
+    return nn.Linear(in_features, out_features, bias) if state.get().tp_size == 1 else \
+        RowParallelLinear(in_features, out_features, bias)
+
+
+def vocab_embedding(num_embeddings: int, embedding_dim: int) -> nn.Module:
+    return nn.Embedding(num_embeddings, embedding_dim) if state.get().tp_size == 1 else \
+        VocabParallelEmbedding(num_embeddings, embedding_dim)
+
+
+def is_tp_sharded(p: torch.Tensor) -> bool:
+    return getattr(p, "tp_dim", None) is not None
+
+
+def full_shape(p: torch.Tensor) -> torch.Size:
+    """Shape of the whole (unsplit) parameter this rank holds a shard of."""
+    shape = list(p.shape)
+    if is_tp_sharded(p):
+        shape[p.tp_dim] *= state.get().tp_size
+    return torch.Size(shape)
+
+
+def gather_full(t: torch.Tensor, dim) -> torch.Tensor:
+    """The whole tensor (a shard split along dim, or replicated when dim is None) from all tp ranks."""
+    s = state.get()
+    if s.tp_size == 1 or dim is None:
+        return t.detach()
+    parts = [torch.empty_like(t) for _ in range(s.tp_size)]
+    dist.all_gather(parts, t.detach().contiguous(), group=s.tp_group)
+    return torch.cat(parts, dim=dim)
