@@ -1,0 +1,82 @@
+"""Our checkpoint layout for converted weights: SAVE/global_stepN/model_mp_rank_XX.safetensors, config.yml, latest.
+
+Converted checkpoints hold weights only (no optimizer, RNG or trainer state): train from one with `finetune: true`.
+"""
+
+import os
+import shutil
+
+from megatron_lite.config import Config
+from megatron_lite.config_loader import dump_config
+from megatron_lite.errors import UserError
+from megatron_lite.training.checkpoint import _fsync_dir, _load_tensors, _write_tensors, resolve_checkpoint
+
+
+def new_output_dir(path: str) -> str:
+    """A hidden temporary sibling of `path` to fill; refuse to overwrite a non-empty `path`."""
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise UserError(f"output '{path}' already exists and is not empty; choose a new directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".tmp-{os.path.basename(os.path.abspath(path))}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    return tmp
+
+
+def publish(tmp: str, path: str) -> None:
+    """Move a finished temporary output directory into place."""
+    _fsync_dir(tmp)
+    if os.path.isdir(path):
+        os.rmdir(path)  # empty (checked by new_output_dir)
+    os.rename(tmp, path)
+
+
+def write_weights_checkpoint(save_dir: str, shards: list, cfg: Config, tokenizer, step: int = 0) -> str:
+    """Write a weights-only checkpoint (one safetensors file per tensor-parallel rank) with its tokenizer as
+    SAVE/tokenizer.json, atomically; config.yml names that tokenizer."""
+    cfg.parallel.model_parallel_size = len(shards)
+    cfg.data.tokenizer_type, cfg.data.merge_file = "HFTokenizer", None
+    cfg.data.vocab_file = os.path.join(os.path.abspath(save_dir), "tokenizer.json")
+    tmp = new_output_dir(save_dir)
+    try:
+        tokenizer._tok.save(os.path.join(tmp, "tokenizer.json"))  # the tokenizers object we encode with
+        step_dir = os.path.join(tmp, f"global_step{step}")
+        os.makedirs(step_dir)
+        for rank, shard in enumerate(shards):
+            _write_tensors(os.path.join(step_dir, f"model_mp_rank_{rank:02d}.safetensors"), shard)
+        with open(os.path.join(step_dir, "config.yml"), "w", encoding="utf-8") as f:
+            f.write(dump_config(cfg))
+        with open(os.path.join(tmp, "latest"), "w") as f:
+            f.write(f"global_step{step}\n")
+        publish(tmp, save_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return os.path.join(save_dir, f"global_step{step}")
+
+
+def read_weights_checkpoint(path: str):
+    """(resolved Config, [state dict per tensor-parallel rank]) of our checkpoint (save dir or global_stepN)."""
+    from megatron_lite.config_loader import load_config
+
+    ckpt = resolve_checkpoint(path)
+    ranks = sorted(f for f in os.listdir(ckpt) if f.startswith("model_mp_rank_") and f.endswith(".safetensors"))
+    # A tp-rank checkpoint's config says model-parallel-size tp, which is only valid with that many processes.
+    cfg = load_config([os.path.join(ckpt, "config.yml")], env={"WORLD_SIZE": str(max(1, len(ranks)))})
+    expected = [f"model_mp_rank_{r:02d}.safetensors" for r in range(len(ranks))]
+    if not ranks or ranks != expected:
+        raise UserError(f"checkpoint {ckpt}: expected model_mp_rank_00.safetensors, ... one per rank, found {ranks}")
+    return cfg, [_load_tensors(os.path.join(ckpt, f)) for f in ranks]
+
+
+def load_into(model, weights: dict, source: str) -> None:
+    """Load a full state dict, with a one-line error naming what does not fit."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    if missing or unexpected:
+        raise UserError(f"{source} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for name, tensor in weights.items():
+        if tensor.shape != own[name].shape:
+            raise UserError(f"{source}: '{name}' has shape {tuple(tensor.shape)}, the config builds {tuple(own[name].shape)}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
