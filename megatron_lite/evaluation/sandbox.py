@@ -14,6 +14,8 @@ from typing import List, Optional
 
 from tqdm import tqdm
 
+from megatron_lite.errors import warn_once
+
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_worker.py")
 
 
@@ -37,6 +39,7 @@ class _Worker:
         if not hello.get("ready"):
             raise RuntimeError(f"sandbox worker did not start (exit status {self.proc.poll()})")
         self.network_isolated = hello["network_isolated"]
+        self.stdlib_readable = hello["stdlib_readable"]
 
     def run(self, job: dict) -> Optional[dict]:
         """The worker's verdict, or None when it died or stopped answering."""
@@ -67,6 +70,9 @@ class Sandbox:
         self.all_workers = []
         for i in range(workers):
             self._start_worker(uid_base + i)
+        if not all(w.stdlib_readable for w in self.all_workers):
+            warn_once("the sandbox uid cannot read this Python's standard library (installed under a private "
+                      "directory?): completions can import only the preloaded modules")
 
     def _start_worker(self, uid: int) -> _Worker:
         worker = _Worker(uid)

