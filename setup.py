@@ -9,9 +9,10 @@ setup(
     packages=find_packages(include=["megatron_lite", "megatron_lite.*"]),
     python_requires=">=3.10",
     # torch is pinned in the Makefile's install step (an unpinned torch pulls GBs of CUDA packages).
-    install_requires=["torch>=2.3", "numpy", "pyyaml", "tqdm", "tokenizers>=0.19", "safetensors", "tensorboard"],
+    install_requires=["torch>=2.3", "numpy", "pyyaml", "tqdm", "tokenizers>=0.19", "safetensors", "tensorboard",
+                      "tiktoken", "zstandard"],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "transformers>=4.40"],
-        "bench": ["transformers>=4.40"],
+        "test": ["pytest", "pytest-timeout", "transformers>=4.40", "megatron-core"],
+        "bench": ["transformers>=4.40", "megatron-core"],
     },
 )

@@ -23,6 +23,8 @@ def parse_args(argv):
     p.add_argument("--output-prefix", required=True, help="writes PREFIX_KEY_document.{bin,idx}")
     p.add_argument("--dataset-impl", default="mmap", help="only 'mmap' is supported")
     p.add_argument("--workers", type=int, default=1, help="encoding processes")
+    p.add_argument("--tokenizer-engine", default="auto", choices=["auto", "tiktoken", "hf"],
+                   help="auto: tiktoken's engine when it gives the same ids (checked), else HF tokenizers")
     p.add_argument("--log-interval", type=int, default=100, help="documents between progress reports")
     return p.parse_args(argv)
 
@@ -36,11 +38,12 @@ def main(argv=None):
         raise UserError(f"log-interval must be at least 1, got {args.log_interval}")
     inputs = [p for p in args.input.split(",") if p]
     result = preprocess(inputs, args.output_prefix, args.tokenizer_type, args.vocab_file, args.merge_file,
-                        args.jsonl_keys, args.append_eod, args.workers, args.log_interval)
+                        args.jsonl_keys, args.append_eod, args.workers, args.log_interval,
+                        args.tokenizer_engine)
     for key, prefix in result["prefixes"].items():
         print(f"{prefix}.{{bin,idx}}: {result['documents'][key]} documents")
     print(f"{result['tokens']} tokens from {result['bytes'] / 1e6:.2f} MB in {result['seconds']:.1f} s "
-          f"({result['rates']})")
+          f"({result['rates']}, {result['engine']} engine)")
     return result
 
 

@@ -1,5 +1,6 @@
 """Tokenize documents (jsonl records, source files) in parallel into `{prefix}_{key}_document.{bin,idx}`."""
 
+import itertools
 import os
 import sys
 import time
@@ -9,14 +10,17 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from megatron_lite.data.corpus import check_inputs, iter_documents
+from megatron_lite.data.fast_bpe import encoder_for
 from megatron_lite.data.indexed_dataset import IndexedDatasetBuilder, best_dtype
 from megatron_lite.data.tokenizer import build_tokenizer
-from megatron_lite.errors import UserError
+from megatron_lite.errors import UserError, warn_once
 
 CHUNK_DOCS = 64  # documents per encode_batch call / per task sent to a worker
 CHUNK_BYTES = 1 << 20  # ... or fewer when they are large, so a task stays around a megabyte
 
-_worker_tokenizer = None
+ENGINES = ("auto", "tiktoken", "hf")
+
+_worker_encode = None
 
 
 def output_prefix_for(output_prefix: str, key: str) -> str:
@@ -24,14 +28,26 @@ def output_prefix_for(output_prefix: str, key: str) -> str:
     return f"{output_prefix}_{key}_document"
 
 
-def _init_worker(tokenizer_args):
-    global _worker_tokenizer
-    _worker_tokenizer = build_tokenizer(*tokenizer_args)
+def make_encoder(tokenizer_args, engine: str):
+    """(texts -> token lists, engine used): tiktoken's engine where it reproduces the tokenizer, else HF's."""
+    tokenizer = build_tokenizer(*tokenizer_args)
+    if engine != "hf":
+        fast, reason = encoder_for(tokenizer.hf)
+        if fast is not None:
+            return (lambda texts: [fast(t) for t in texts]), "tiktoken"
+        if engine == "tiktoken":
+            raise UserError(f"tokenizer-engine 'tiktoken' cannot encode vocab-file '{tokenizer_args[1]}': {reason}")
+    return tokenizer.encode_batch, "hf"
+
+
+def _init_worker(tokenizer_args, engine):
+    global _worker_encode
+    _worker_encode, _ = make_encoder(tokenizer_args, engine)
 
 
 def _encode_chunk(texts: List[str]) -> List[np.ndarray]:
     # int32 arrays pickle far smaller than lists of Python ints on the way back from a worker.
-    return [np.asarray(ids, dtype=np.int32) for ids in _worker_tokenizer.encode_batch(texts)]
+    return [np.asarray(ids, dtype=np.int32) for ids in _worker_encode(texts)]
 
 
 def _chunks(docs: Iterator[Dict[str, str]], keys: Sequence[str]) -> Iterator[List[str]]:
@@ -47,10 +63,10 @@ def _chunks(docs: Iterator[Dict[str, str]], keys: Sequence[str]) -> Iterator[Lis
         yield chunk
 
 
-def _encoded(chunks: Iterator[List[str]], tokenizer_args, workers: int):
+def _encoded(chunks: Iterator[List[str]], tokenizer_args, engine: str, workers: int):
     """(texts, token arrays) per chunk, in input order; at most 2 x workers chunks in flight, so memory stays flat."""
     if workers == 1:
-        _init_worker(tokenizer_args)
+        _init_worker(tokenizer_args, engine)
         for texts in chunks:
             yield texts, _encode_chunk(texts)
         return
@@ -59,7 +75,7 @@ def _encoded(chunks: Iterator[List[str]], tokenizer_args, workers: int):
     # Workers encode one chunk each; the Rust thread pool inside each would only oversubscribe the cores.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_args,))
+    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_args, engine))
     try:
         pending = deque()
         for texts in chunks:
@@ -105,9 +121,24 @@ class _Progress:
         self.bar.close()
 
 
+def checked_engine(tokenizer_args, engine: str, sample: List[str]) -> str:
+    """The engine to use: a fast engine must give HF's ids on `sample` (the first chunk), else HF's is used."""
+    if engine not in ENGINES:
+        raise UserError(f"tokenizer-engine '{engine}' is unknown; valid: {', '.join(ENGINES)}")
+    encode, chosen = make_encoder(tokenizer_args, engine)
+    if chosen == "hf":
+        return chosen
+    if encode(sample) != build_tokenizer(*tokenizer_args).encode_batch(sample):
+        if engine == "tiktoken":
+            raise UserError(f"tokenizer-engine 'tiktoken' gives other ids than vocab-file '{tokenizer_args[1]}'")
+        warn_once("the tiktoken engine disagrees with the tokenizer on the first documents; using HF tokenizers")
+        return "hf"
+    return chosen
+
+
 def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, vocab_file: Optional[str],
                merge_file: Optional[str] = None, jsonl_keys: Sequence[str] = ("text",), append_eod: bool = False,
-               workers: int = 1, log_interval: int = 100) -> dict:
+               workers: int = 1, log_interval: int = 100, engine: str = "auto") -> dict:
     """Encode every non-empty document; returns counts and the written prefixes. Nothing is left on failure."""
     check_inputs(inputs)
     if workers < 1:
@@ -126,7 +157,9 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, v
         for k in jsonl_keys:
             builders[k] = IndexedDatasetBuilder(prefixes[k], best_dtype(tokenizer.vocab_size))
         chunks = _chunks(iter_documents(inputs, jsonl_keys), jsonl_keys)
-        for texts, encoded in _encoded(chunks, tokenizer_args, workers):
+        first = next(chunks, [])
+        engine = checked_engine(tokenizer_args, engine, first)
+        for texts, encoded in _encoded(itertools.chain([first], chunks), tokenizer_args, engine, workers):
             nbytes = ntokens = 0
             for j, (text, ids) in enumerate(zip(texts, encoded)):
                 if not text:
@@ -152,4 +185,4 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, v
         progress.close()
     seconds = time.time() - progress.start
     return {"documents": counts, "tokens": progress.tokens, "bytes": progress.bytes, "seconds": seconds,
-            "prefixes": prefixes, "rates": progress.rates()}
+            "prefixes": prefixes, "rates": progress.rates(), "engine": engine}

@@ -22,6 +22,11 @@ class Tokenizer:
         vocab = tok.get_vocab(with_added_tokens=True)
         self.vocab_size = max(len(vocab), max(vocab.values()) + 1)
 
+    @property
+    def hf(self):
+        """The underlying `tokenizers.Tokenizer`."""
+        return self._tok
+
     def encode(self, text: str) -> List[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
