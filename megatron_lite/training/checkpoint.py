@@ -19,8 +19,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from megatron_lite.errors import UserError, warn_once
+from megatron_lite.parallel.reshard import merge_tp_shards, split_tp
+from megatron_lite.parallel.random import TRACKER
+from megatron_lite.parallel.state import ParallelState
 
 STEP_DIR = re.compile(r"^global_step(\d+)$")
+MODEL_FILE = re.compile(r"^model_mp_rank_(\d+)\.safetensors$")
 
 
 @dataclass
@@ -62,6 +66,8 @@ def rng_state() -> tuple:
             tensors[f"cuda.{i}"] = s
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     tensors["numpy"] = torch.from_numpy(keys.astype(np.int64))
+    if TRACKER.tp_state is not None:
+        tensors["tp_region"] = TRACKER.tp_state
     version, internal, gauss = random.getstate()
     meta = {"numpy": [kind, int(pos), int(has_gauss), float(cached)], "python": [version, list(internal), gauss]}
     return tensors, meta
@@ -69,6 +75,8 @@ def rng_state() -> tuple:
 
 def set_rng_state(tensors: dict, meta: dict) -> None:
     torch.set_rng_state(tensors["torch"])
+    if "tp_region" in tensors:
+        TRACKER.tp_state = tensors["tp_region"]
     cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
@@ -100,36 +108,53 @@ def _optimizer_from_files(tensors: dict, meta: dict) -> dict:
 
 
 def save_checkpoint(save_dir: str, model, optimizer, state: TrainerState, config_yaml: str,
-                    keep_last: Optional[int] = None, rank: int = 0) -> str:
-    """Write SAVE/global_stepN atomically and point SAVE/latest at it; returns the checkpoint path."""
+                    keep_last: Optional[int] = None, par: Optional[ParallelState] = None) -> str:
+    """Write SAVE/global_stepN atomically and point SAVE/latest at it; returns the checkpoint path.
+
+    Every rank calls this: dp rank 0 of each tp group writes its tp shard of weights and optimizer state,
+    every rank its RNG state, global rank 0 the shared files and, after all ranks are done, `latest`."""
+    par = par or ParallelState()
     tag = f"global_step{state.iteration}"
-    try:
-        os.makedirs(save_dir, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create save directory '{save_dir}' (key 'save'): {e.strerror}") from None
-    for stale in os.listdir(save_dir):  # leftovers of a save that was killed
-        if stale.startswith(".tmp-global_step"):
-            shutil.rmtree(os.path.join(save_dir, stale), ignore_errors=True)
+    tmp = os.path.join(save_dir, f".tmp-{tag}")
+    if par.rank == 0:
+        try:
+            os.makedirs(save_dir, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create save directory '{save_dir}' (key 'save'): {e.strerror}") from None
+        for stale in os.listdir(save_dir):  # leftovers of a save that was killed
+            if stale.startswith(".tmp-global_step"):
+                shutil.rmtree(os.path.join(save_dir, stale), ignore_errors=True)
+        os.makedirs(tmp)
+    par.barrier()
 
-    tmp = os.path.join(save_dir, f".tmp-{tag}-{os.getpid()}")
-    os.makedirs(tmp)
-    _write_tensors(os.path.join(tmp, f"model_mp_rank_{rank:02d}.safetensors"), model.state_dict())
-    opt_tensors, opt_meta = _optimizer_to_files(optimizer)
-    _write_tensors(os.path.join(tmp, f"optim_mp_rank_{rank:02d}.safetensors"), opt_tensors)
-    _write_json(os.path.join(tmp, f"optim_mp_rank_{rank:02d}.json"), opt_meta)
+    if par.dp_rank == 0:
+        tp = par.tp_rank
+        _write_tensors(os.path.join(tmp, f"model_mp_rank_{tp:02d}.safetensors"), model.state_dict())
+        opt_tensors, opt_meta = _optimizer_to_files(optimizer)
+        _write_tensors(os.path.join(tmp, f"optim_mp_rank_{tp:02d}.safetensors"), opt_tensors)
+        _write_json(os.path.join(tmp, f"optim_mp_rank_{tp:02d}.json"), opt_meta)
     rng_tensors, rng_meta = rng_state()
-    _write_tensors(os.path.join(tmp, f"rng_rank_{rank:02d}.safetensors"), rng_tensors)
-    _write_json(os.path.join(tmp, "trainer_state.json"), {**state.__dict__, "rng": rng_meta})
-    with open(os.path.join(tmp, "config.yml"), "w", encoding="utf-8") as f:
-        f.write(config_yaml)
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    _write_tensors(os.path.join(tmp, f"rng_rank_{par.rank:02d}.safetensors"), rng_tensors)
+    par.barrier()  # every rank's files are complete before the directory moves into place
+    final = os.path.join(save_dir, tag)
+    if par.rank == 0:
+        _write_json(os.path.join(tmp, "trainer_state.json"), {**state.__dict__, "rng": rng_meta})
+        with open(os.path.join(tmp, "config.yml"), "w", encoding="utf-8") as f:
+            f.write(config_yaml)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        _publish(save_dir, tmp, tag, keep_last)
+    par.barrier()
+    return final
 
+
+def _publish(save_dir: str, tmp: str, tag: str, keep_last: Optional[int]) -> None:
+    """Rename the complete temporary directory to global_stepN, then replace `latest` atomically."""
     final = os.path.join(save_dir, tag)
     old = None
     if os.path.exists(final):  # re-saving a step (e.g. after finetune): swap, then delete the old copy
-        old = os.path.join(save_dir, f".tmp-{tag}-old-{os.getpid()}")
+        old = os.path.join(save_dir, f".tmp-{tag}-old")
         os.rename(final, old)
     os.rename(tmp, final)
     latest_tmp = os.path.join(save_dir, f".latest.tmp-{os.getpid()}")
@@ -143,7 +168,6 @@ def save_checkpoint(save_dir: str, model, optimizer, state: TrainerState, config
         shutil.rmtree(old, ignore_errors=True)
     if keep_last:
         _prune(save_dir, keep_last)
-    return final
 
 
 def _prune(save_dir: str, keep_last: int) -> None:
@@ -184,9 +208,29 @@ def _load_tensors(path: str) -> dict:
         raise UserError(f"cannot read checkpoint file {path}: {e}") from None
 
 
-def load_model_weights(ckpt: str, model, rank: int = 0) -> None:
-    """Load weights into model, with a clear error when the shapes belong to another config."""
-    weights = _load_tensors(os.path.join(ckpt, f"model_mp_rank_{rank:02d}.safetensors"))
+def tp_shard_count(ckpt: str) -> int:
+    """How many tensor-parallel ranks wrote this checkpoint."""
+    return len([f for f in os.listdir(ckpt) if MODEL_FILE.match(f)])
+
+
+def _load_tp_shard(ckpt: str, kind: str, tp_rank: int, tp_size: int, rename=None) -> dict:
+    """This rank's shard of KIND_mp_rank_XX files, resharded when they were written at another tp size.
+
+    rename maps file keys to names that end in the parameter name (reshard.py splits by that suffix) and back."""
+    saved = tp_shard_count(ckpt)
+    if saved in (0, tp_size):
+        return _load_tensors(os.path.join(ckpt, f"{kind}_mp_rank_{tp_rank:02d}.safetensors"))
+    to_name, from_name = rename or (lambda k: k, lambda k: k)
+    shards = [{to_name(k): v for k, v in _load_tensors(os.path.join(ckpt, f"{kind}_mp_rank_{r:02d}.safetensors")).items()}
+              for r in range(saved)]
+    mine = split_tp(merge_tp_shards(shards), tp_size)[tp_rank]
+    return {from_name(k): v for k, v in mine.items()}
+
+
+def load_model_weights(ckpt: str, model, tp_rank: int = 0, tp_size: int = 1) -> None:
+    """Load weights into model (resharding from another tp size), with a clear error when the shapes belong to
+    another config."""
+    weights = _load_tp_shard(ckpt, "model", tp_rank, tp_size)
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
     if missing or unexpected:
@@ -200,20 +244,46 @@ def load_model_weights(ckpt: str, model, rank: int = 0) -> None:
     model.load_state_dict(weights)
 
 
-def load_checkpoint(load_dir: str, model, optimizer=None, rank: int = 0, weights_only: bool = False) -> TrainerState:
+def _optimizer_key_renames(model, optimizer) -> tuple:
+    """'3.exp_avg' <-> 'exp_avg:layers.0.mlp.dense_h_to_4h.weight', so optimizer state reshards like weights."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    index = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    position = {n: i for i, n in enumerate(index)}
+
+    def to_name(key):
+        idx, field_name = key.split(".", 1)
+        return f"{field_name}:{index[int(idx)]}"
+
+    def from_name(key):
+        field_name, name = key.split(":", 1)
+        return f"{position[name]}.{field_name}"
+
+    return to_name, from_name
+
+
+def load_checkpoint(load_dir: str, model, optimizer=None, par: Optional[ParallelState] = None,
+                    weights_only: bool = False) -> TrainerState:
     """Restore model (and optimizer, RNG, trainer state unless weights_only); fresh state when none exists."""
+    par = par or ParallelState()
     ckpt = latest_checkpoint(load_dir) if os.path.isdir(load_dir) else None
     if ckpt is None:
         warn_once(f"no checkpoint in '{load_dir}' (key 'load'); starting from scratch")
         return TrainerState()
-    load_model_weights(ckpt, model, rank)
+    load_model_weights(ckpt, model, par.tp_rank, par.tp_size)
     if weights_only:
         return TrainerState()
     with open(os.path.join(ckpt, "trainer_state.json")) as f:
         meta = json.load(f)
     if optimizer is not None:
-        opt_tensors = _load_tensors(os.path.join(ckpt, f"optim_mp_rank_{rank:02d}.safetensors"))
-        with open(os.path.join(ckpt, f"optim_mp_rank_{rank:02d}.json")) as f:
+        opt_tensors = _load_tp_shard(ckpt, "optim", par.tp_rank, par.tp_size, _optimizer_key_renames(model, optimizer))
+        json_rank = min(par.tp_rank, tp_shard_count(ckpt) - 1)  # the non-tensor state is the same on every tp rank
+        with open(os.path.join(ckpt, f"optim_mp_rank_{json_rank:02d}.json")) as f:
             optimizer.load_state_dict(_optimizer_from_files(opt_tensors, json.load(f)))
-    set_rng_state(_load_tensors(os.path.join(ckpt, f"rng_rank_{rank:02d}.safetensors")), meta.pop("rng"))
+    rng_file = os.path.join(ckpt, f"rng_rank_{par.rank:02d}.safetensors")
+    if os.path.isfile(rng_file):
+        set_rng_state(_load_tensors(rng_file), meta.pop("rng"))
+    else:  # saved with fewer processes: this rank keeps its freshly seeded streams
+        meta.pop("rng")
+        warn_once(f"{ckpt} has no RNG state for rank {par.rank} (saved with another process count); "
+                  "dropout streams start fresh")
     return TrainerState(**meta)

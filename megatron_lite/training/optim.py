@@ -1,8 +1,10 @@
 """AdamW with decoupled weight decay on matrices only, fused when torch offers it."""
 
 import torch
+import torch.distributed as dist
 
 from megatron_lite.config import OptimConfig
+from megatron_lite.parallel.layers import is_tp_sharded
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float):
@@ -24,3 +26,23 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
     # torch's fused AdamW runs one kernel for all tensors (~5x faster than the loop on CPU).
     fused = device.type in ("cpu", "cuda")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
+
+
+def clip_grad_norm(params, max_norm: float, tp_group=None) -> float:
+    """Clip to a global L2 norm over tensor-parallel shards (summed over the tp group) plus replicated
+    parameters (counted once); call after the data-parallel average, when dp replicas agree. inf/nan on overflow."""
+    grads = [p.grad for p in params if p.grad is not None]
+    sharded = [p.grad for p in params if p.grad is not None and is_tp_sharded(p)]
+    replicated = [p.grad for p in params if p.grad is not None and not is_tp_sharded(p)]
+
+    def sum_sq(ts):
+        return torch.stack([t.float().pow(2).sum() for t in ts]).sum() if ts else torch.zeros(())
+
+    total = sum_sq(sharded)
+    if tp_group is not None and sharded:
+        dist.all_reduce(total, group=tp_group)
+    norm = (total + sum_sq(replicated)).sqrt()
+    coef = max_norm / (norm + 1e-6)
+    if coef < 1.0:
+        torch._foreach_mul_(grads, coef.item())
+    return norm.item()

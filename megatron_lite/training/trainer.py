@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
 from tqdm import tqdm
 
 from megatron_lite.build import build_tokenizer_for, default_device
@@ -19,12 +19,16 @@ from megatron_lite.config_loader import dump_config
 from megatron_lite.data.gpt_dataset import build_train_valid_test_datasets
 from megatron_lite.errors import UserError
 from megatron_lite.model.gpt import GPTModel, count_parameters, flops_per_token
+from megatron_lite.parallel import state as parallel_state
+from megatron_lite.parallel.cross_entropy import vocab_parallel_cross_entropy
+from megatron_lite.parallel.data_parallel import GradReducer
+from megatron_lite.parallel.random import TRACKER
 from megatron_lite.training.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from megatron_lite.training.loss_scaler import LossScaler
 from megatron_lite.training.lr_schedule import LRSchedule
 from megatron_lite.training.memory import check_fits
 from megatron_lite.training.metrics import Throughput, peak_tflops
-from megatron_lite.training.optim import build_optimizer
+from megatron_lite.training.optim import build_optimizer, clip_grad_norm
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -43,11 +47,20 @@ def autocast(device: torch.device, precision: str):
 
 
 def lm_loss(model, tokens: torch.Tensor, device, precision: str) -> torch.Tensor:
-    """Mean next-token cross-entropy of a [b, s+1] token batch (computed in fp32)."""
+    """Mean next-token cross-entropy of a [b, s+1] token batch (computed in fp32, vocab-parallel when tp > 1)."""
     inputs, labels = tokens[:, :-1], tokens[:, 1:]  # [b, s]
     with autocast(device, precision):
-        logits = model(inputs)  # [b, s, v]
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+        logits = model(inputs)  # [b, s, v / tp]
+    return vocab_parallel_cross_entropy(logits.flatten(0, 1), labels.flatten()).mean()
+
+
+def dp_mean(value: torch.Tensor, par) -> torch.Tensor:
+    """Average a scalar over the data-parallel ranks (the global mean, as every rank's share is equal)."""
+    if par.dp_size > 1:
+        value = value.clone()
+        dist.all_reduce(value, group=par.dp_group)
+        value /= par.dp_size
+    return value
 
 
 def get_batch(dataset, start: int, size: int, device) -> torch.Tensor:
@@ -60,7 +73,9 @@ class Trainer:
     """Owns the model, optimizer, schedule, data and loggers for one training run."""
 
     def __init__(self, cfg: Config):
+        self.par = parallel_state.initialize(cfg.parallel)
         self.cfg, self.device = cfg, default_device()
+        self.is_main = self.par.rank == 0  # only rank 0 logs and writes shared files
         t = cfg.train
         if cfg.data.data_path is None:
             raise UserError("no training data: set 'data-path' to a preprocessed PREFIX (PREFIX.bin / PREFIX.idx)")
@@ -78,19 +93,22 @@ class Trainer:
         if self.train_data is None:
             raise UserError(f"split '{cfg.data.split}' leaves no training data (key 'split')")
         self.model = GPTModel(cfg.model).to(self.device)
+        TRACKER.seed(t.seed)  # after init, which must be equal on every rank; dropout streams differ from here
+        self.reducer = GradReducer(self.model.parameters(), self.par.dp_group, self.par.dp_size,
+                                   cfg.parallel.ddp_bucket_mb) if self.par.dp_size > 1 else None
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.schedule = LRSchedule(cfg.optim)
         self.scaler = LossScaler(cfg.precision)
         self.state = TrainerState()
         if t.load:
-            self.state = load_checkpoint(t.load, self.model, self.optimizer, weights_only=t.finetune)
+            self.state = load_checkpoint(t.load, self.model, self.optimizer, self.par, weights_only=t.finetune)
             if self.state.loss_scaler:
                 self.scaler.load_state_dict(self.state.loss_scaler)
         self.last_saved = self.state.iteration if t.load and self.state.iteration else None
         peak, self.peak_source = peak_tflops(self.device, DTYPES[cfg.precision.precision], cfg.log.peak_tflops)
         self.throughput = Throughput(flops_per_token(cfg.model, cfg.model.seq_length), peak)
-        self.tb = _tensorboard(cfg.log.tensorboard_dir)
-        self.metrics_file = os.path.join(cfg.log.log_dir, "metrics.jsonl") if cfg.log.log_dir else None
+        self.tb = _tensorboard(cfg.log.tensorboard_dir) if self.is_main else None
+        self.metrics_file = os.path.join(cfg.log.log_dir, "metrics.jsonl") if cfg.log.log_dir and self.is_main else None
         if self.metrics_file:
             _check_writable(cfg.log.log_dir, "log-dir")
 
@@ -103,17 +121,23 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         micro, gas = t.train_micro_batch_size_per_gpu, t.gradient_accumulation_steps
+        # This data-parallel rank's contiguous slice of the global batch.
+        first = self.state.consumed_train_samples + self.par.dp_rank * micro * gas
         total = torch.zeros((), device=self.device)
         for j in range(gas):
-            tokens = get_batch(self.train_data, self.state.consumed_train_samples + j * micro, micro, self.device)
+            if self.reducer:
+                self.reducer.set_sync(j == gas - 1)  # all-reduce during the last micro batch's backward
+            tokens = get_batch(self.train_data, first + j * micro, micro, self.device)
             loss = lm_loss(self.model, tokens, self.device, precision)
             (loss * (self.scaler.scale / gas)).backward()
             total += loss.detach()
+        if self.reducer:
+            self.reducer.finish()
         params = [p for p in self.model.parameters() if p.grad is not None]
         if self.scaler.scale != 1.0:
             torch._foreach_mul_([p.grad for p in params], 1.0 / self.scaler.scale)
         clip = self.cfg.optim.gradient_clipping or math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
+        grad_norm = clip_grad_norm(params, clip, self.par.tp_group if self.par.tp_size > 1 else None)
         overflow = not math.isfinite(grad_norm)
         if overflow:
             self.state.skipped_iters += 1
@@ -123,7 +147,7 @@ class Trainer:
         self.state.iteration += 1
         self.state.consumed_train_samples += t.train_batch_size
         self.throughput.add(t.train_batch_size * self.cfg.model.seq_length)
-        return {"loss": (total / gas).item(), "lr": lr, "grad_norm": grad_norm, "loss_scale": self.scaler.scale}
+        return {"loss": dp_mean(total / gas, self.par).item(), "lr": lr, "grad_norm": grad_norm, "loss_scale": self.scaler.scale}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -132,11 +156,11 @@ class Trainer:
         if self.valid_data is None:
             return {}
         self.model.eval()
-        losses = []
-        for start in range(0, t.eval_iters * t.train_batch_size, t.train_micro_batch_size_per_gpu):
-            tokens = get_batch(self.valid_data, start, t.train_micro_batch_size_per_gpu, self.device)
-            losses.append(lm_loss(self.model, tokens, self.device, self.cfg.precision.precision).item())
-        loss = float(np.mean(losses))
+        micro, dp = t.train_micro_batch_size_per_gpu, self.par.dp_size
+        starts = range(0, t.eval_iters * t.train_batch_size, micro)[self.par.dp_rank::dp]  # equal share per dp rank
+        losses = [lm_loss(self.model, get_batch(self.valid_data, start, micro, self.device), self.device,
+                          self.cfg.precision.precision) for start in starts]
+        loss = dp_mean(torch.stack(losses).mean(), self.par).item()
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
 
     def save(self) -> None:
@@ -145,7 +169,7 @@ class Trainer:
             return
         self.state.loss_scaler = self.scaler.state_dict()
         save_checkpoint(t.save, self.model, self.optimizer, self.state, dump_config(self.cfg),
-                        keep_last=t.keep_last_n_checkpoints)
+                        keep_last=t.keep_last_n_checkpoints, par=self.par)
         self.last_saved = self.state.iteration
 
     def log(self, record: dict) -> None:
@@ -161,16 +185,17 @@ class Trainer:
     def train(self) -> dict:
         """Run to train_iters (or exit_interval); returns the last validation metrics."""
         cfg, t = self.cfg, self.cfg.train
-        print(
+        say = tqdm.write if self.is_main else (lambda *a, **k: None)
+        say(
             f"model: {self.num_params / 1e6:.2f}M parameters, {cfg.model.num_layers} layers x "
             f"{cfg.model.hidden_size} hidden x {cfg.model.num_attention_heads} heads, vocab "
             f"{cfg.model.padded_vocab_size}; {cfg.precision.precision} on {self.device}; global batch "
             f"{t.train_batch_size} x {cfg.model.seq_length} tokens; MFU vs {self.throughput.peak:.2f} TFLOP/s "
-            f"({self.peak_source})",
-            flush=True,
+            f"({self.peak_source}); {self.par.world_size} process(es): tensor parallel {self.par.tp_size} x data "
+            f"parallel {self.par.dp_size}"
         )
         bar = tqdm(total=t.train_iters, initial=self.state.iteration, desc="train", unit="it",
-                   dynamic_ncols=True, disable=None)
+                   dynamic_ncols=True, disable=None if self.is_main else True)
         last_eval, started, first_iter = {}, time.perf_counter(), self.state.iteration
         self.throughput.report()  # start the clock here, not at construction
         while self.state.iteration < t.train_iters:
@@ -181,7 +206,7 @@ class Trainer:
             if it % cfg.log.log_interval == 0 or it == t.train_iters:
                 record.update(self.throughput.report())
                 eta = (time.perf_counter() - started) / (it - first_iter) * (t.train_iters - it)
-                bar.write(
+                say(
                     f"iter {it}/{t.train_iters} | loss {step['loss']:.4f} | lr {step['lr']:.3e} | "
                     f"grad norm {step['grad_norm']:.3f} | loss scale {step['loss_scale']:g} | "
                     f"tokens/s {record['tokens_per_s']:.0f} | MFU {100 * record['mfu']:.2f}% | "
@@ -191,21 +216,21 @@ class Trainer:
                 last_eval = self.evaluate()
                 record.update(last_eval)
                 if last_eval:
-                    bar.write(f"validation at iter {it} | loss {last_eval['val_loss']:.4f} | "
-                              f"perplexity {last_eval['val_ppl']:.3f}")
+                    say(f"validation at iter {it} | loss {last_eval['val_loss']:.4f} | "
+                        f"perplexity {last_eval['val_ppl']:.3f}")
             self.log(record)
             if t.save_interval and it % t.save_interval == 0:
                 self.save()
             if t.exit_interval and it % t.exit_interval == 0 and it < t.train_iters:
-                bar.write(f"exit-interval {t.exit_interval} reached at iteration {it}")
+                say(f"exit-interval {t.exit_interval} reached at iteration {it}")
                 break
         bar.close()
         self.save()
         if not last_eval:
             last_eval = self.evaluate()
         if last_eval:
-            print(f"final validation loss {last_eval['val_loss']:.4f} | perplexity {last_eval['val_ppl']:.3f} "
-                  f"| {time.perf_counter() - started:.0f}s", flush=True)
+            say(f"final validation loss {last_eval['val_loss']:.4f} | perplexity {last_eval['val_ppl']:.3f} "
+                f"| {time.perf_counter() - started:.0f}s")
         if self.tb:
             self.tb.close()
         return last_eval
@@ -233,4 +258,7 @@ def _tensorboard(log_dir):
 
 
 def pretrain(cfg: Config) -> dict:
-    return Trainer(cfg).train()
+    try:
+        return Trainer(cfg).train()
+    finally:
+        parallel_state.destroy()
