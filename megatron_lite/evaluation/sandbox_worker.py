@@ -136,7 +136,7 @@ def run_child(program: str, job: dict, workdir: str, uid: int, report_fd: int):
         report = os.fdopen(report_fd, "w")
         disable_destructive_functions()
     except BaseException as e:  # noqa: BLE001 - any setup failure is reported, never silently a pass
-        os.write(report_fd, json.dumps({"status": "failed", "detail": f"sandbox setup: {e!r}"}).encode())
+        os.write(report_fd, json.dumps({"status": "failed", "detail": f"sandbox setup: {e!r}"}).encode() + b"\n")
         os._exit(1)
     try:
         exec(compile(program, "<completion>", "exec"), {"__name__": "__main__"})
@@ -145,7 +145,7 @@ def run_child(program: str, job: dict, workdir: str, uid: int, report_fd: int):
         verdict = {"status": "timed out", "detail": "cpu time limit"}
     except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are failures too
         verdict = {"status": "failed", "detail": f"{type(e).__name__}: {e}"[:300]}
-    report.write(json.dumps(verdict))
+    report.write(json.dumps(verdict) + "\n")
     report.flush()
     os._exit(0)
 
@@ -181,17 +181,7 @@ def execute(job: dict, uid: int) -> dict:
         os.close(read_fd)
         run_child(job["program"], job, workdir, uid, write_fd)
     os.close(write_fd)
-    deadline, chunks, wall_timeout = time.monotonic() + job["wall"], [], False
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            wall_timeout = True
-            break
-        if select.select([read_fd], [], [], left)[0]:
-            data = os.read(read_fd, 65536)
-            if not data:
-                break
-            chunks.append(data)
+    report, status, wall_timeout = read_report(read_fd, pid, time.monotonic() + job["wall"])
     os.close(read_fd)
     try:
         os.killpg(pid, signal.SIGKILL)  # the child and anything it started that stayed in its group
@@ -199,10 +189,33 @@ def execute(job: dict, uid: int) -> dict:
         pass
     if IS_ROOT:
         kill_uid(uid)
-    _, status = os.waitpid(pid, 0)
+    if status is None:
+        _, status = os.waitpid(pid, 0)
     reap_children(1.0)
     shutil.rmtree(workdir, ignore_errors=True)
-    return verdict_of(b"".join(chunks), status, wall_timeout)
+    return verdict_of(report, status, wall_timeout)
+
+
+def read_report(read_fd: int, pid: int, deadline: float):
+    """(report line, wait status or None, wall timeout?): until a whole line, the child's exit, or the deadline.
+
+    Descendants may hold the pipe open, so the child's own exit is checked too, not only end of file."""
+    data, status = b"", None
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return data, status, True
+        if select.select([read_fd], [], [], min(left, 0.05))[0]:
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+        elif status is not None:
+            break  # the child is gone and nothing more came
+        else:
+            done, wait_status = os.waitpid(pid, os.WNOHANG)
+            status = wait_status if done == pid else None
+    return data, status, False
 
 
 def verdict_of(report: bytes, status: int, wall_timeout: bool) -> dict:
