@@ -1,11 +1,12 @@
 """The 12 PolyCoder languages and the file extensions that identify them."""
 
 import os
+import re
 from typing import Dict, Iterable, List, Optional
 
 LANGUAGES = ("C", "C#", "C++", "Go", "Java", "JavaScript", "PHP", "Python", "Ruby", "Rust", "Scala", "TypeScript")
 
-# `.h` is counted as C (as PolyCoder did); C++ headers are recognised by their own suffixes.
+# `.h` is C by its extension alone; with its text at hand `language_of` decides between C and C++.
 EXTENSIONS: Dict[str, str] = {
     ".c": "C", ".h": "C",
     ".cs": "C#",
@@ -23,9 +24,24 @@ EXTENSIONS: Dict[str, str] = {
 }
 
 
-def language_of(path: str) -> Optional[str]:
-    """The language a file's extension names (case-insensitive), or None for anything else."""
-    return EXTENSIONS.get(os.path.splitext(path)[1].lower())
+# Constructs a C compiler rejects, at the start of a line (after indentation) or as `std::`, `#include <iostream>`.
+_CPP_MARKERS = re.compile(
+    r"^\s*(?:namespace\s+\w+|template\s*<|class\s+\w+[^;]*\{?$|(?:public|private|protected)\s*:"
+    r"|using\s+namespace\b|#include\s*<(?:iostream|string|vector|map|memory|algorithm)>)"
+    r"|\bstd::\w", re.MULTILINE)
+
+
+def header_language(text: str) -> str:
+    """`.h` files: C++ when the text uses a construct only C++ has (classes, namespaces, templates, std::), else C."""
+    return "C++" if _CPP_MARKERS.search(text) else "C"
+
+
+def language_of(path: str, text: Optional[str] = None) -> Optional[str]:
+    """The language a file's extension names (case-insensitive), or None; a `.h` with `text` is decided by content."""
+    language = EXTENSIONS.get(os.path.splitext(path)[1].lower())
+    if language == "C" and text is not None and path.lower().endswith(".h"):
+        return header_language(text)
+    return language
 
 
 def parse_languages(spec: Optional[Iterable[str]]) -> List[str]:

@@ -37,7 +37,8 @@ def make_encoder(tokenizer_args, engine: str):
             return (lambda texts: [fast(t) for t in texts]), "tiktoken"
         if engine == "tiktoken":
             raise UserError(f"tokenizer-engine 'tiktoken' cannot encode vocab-file '{tokenizer_args[1]}': {reason}")
-    return tokenizer.encode_batch, "hf"
+    # One encode per document: with the Rust thread pool off in workers, encode_batch is slower than a loop.
+    return (lambda texts: [tokenizer.encode(t) for t in texts]), "hf"
 
 
 def _init_worker(tokenizer_args, engine):

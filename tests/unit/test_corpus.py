@@ -97,7 +97,8 @@ def run(*args):
 
 def test_tool_output_and_errors(tree, tmp_path):
     out = tmp_path / "corpus" / "c.jsonl"
-    proc = run("--input", tree, "--output", str(out), "--languages", "Python,Rust", "--max-file-bytes", "1000")
+    proc = run("--input", tree, "--output", str(out), "--languages", "Python,Rust", "--max-file-bytes", "1000",
+               "--min-tokens", "0")
     assert proc.returncode == 0, proc.stderr
     assert "files seen" in proc.stdout and "duplicate 1" in proc.stdout
     lines = [json.loads(line) for line in open(out, encoding="utf-8")]
