@@ -122,12 +122,8 @@ def iter_documents(inputs: Sequence[str], keys: Sequence[str] = ("text",),
             if list(keys) != ["text"]:
                 raise UserError(f"jsonl-keys {list(keys)} do not apply to directory input '{path}' "
                                 f"(its files are documents under the key 'text')")
-            for full, _ in walk_source_files(path, exclude_dirs):
-                if language_of(full) is None:
-                    continue
-                text, _ = read_source(full)
-                if text is not None:  # None: binary, not UTF-8, empty or unreadable, so not a document
-                    yield {"text": text}
+            for _, text in _source_texts(path, exclude_dirs):
+                yield {"text": text}
         else:
             for lineno, record in iter_jsonl(path):
                 for k in keys:
@@ -136,6 +132,33 @@ def iter_documents(inputs: Sequence[str], keys: Sequence[str] = ("text",),
                     if not isinstance(record[k], str):
                         raise UserError(f"{path}:{lineno}: key '{k}' holds {type(record[k]).__name__}, expected a string")
                 yield {k: record[k] for k in keys}
+
+
+def iter_labelled_texts(inputs: Sequence[str], keys: Sequence[str] = ("text",),
+                        exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS) -> Iterator[Tuple[str, str]]:
+    """(text, language) of each document's keys: the record's 'language', else the path's, else '?'."""
+    for path in inputs:
+        if os.path.isdir(path):
+            if list(keys) != ["text"]:
+                raise UserError(f"jsonl-keys {list(keys)} do not apply to directory input '{path}'")
+            for full, text in _source_texts(path, exclude_dirs):
+                yield text, language_of(full, text)
+        else:
+            for lineno, record in iter_jsonl(path):
+                language = record.get("language") or language_of(str(record.get("path", ""))) or "?"
+                for k in keys:
+                    if not isinstance(record.get(k), str):
+                        raise UserError(f"{path}:{lineno}: record has no string key '{k}' (from jsonl-keys)")
+                    yield record[k], language
+
+
+def _source_texts(root: str, exclude_dirs) -> Iterator[Tuple[str, str]]:
+    """(path, text) of each source file that is a document (None from read_source: binary, not UTF-8, empty)."""
+    for full, _ in walk_source_files(root, exclude_dirs):
+        if language_of(full) is not None:
+            text, _ = read_source(full)
+            if text is not None:
+                yield full, text
 
 
 class CorpusStats:

@@ -86,8 +86,8 @@ class IndexedDatasetBuilder:
         if other.dtype != self.dtype:
             raise UserError(f"cannot merge {other_prefix}: its dtype {other.dtype} differs from {self.dtype}")
         offset = len(self._sizes)
-        self._sizes.extend(int(s) for s in other.sizes)
-        self._doc_idx.extend(int(d) + offset for d in other.doc_idx[1:])
+        self._sizes.frombytes(other.sizes.astype(np.int64).tobytes())
+        self._doc_idx.frombytes((other.doc_idx[1:].astype(np.int64) + offset).tobytes())
         del other
         with open(data_file_path(other_prefix), "rb") as f:
             shutil.copyfileobj(f, self._bin, 16 << 20)
