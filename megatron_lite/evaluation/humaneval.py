@@ -65,7 +65,8 @@ def program_of(problem: dict, completion: str) -> str:
 def generate_samples(generator, problems: List[dict], n: int, batch_size: int, path: str, seed: int) -> List[dict]:
     """n truncated completions per task, appended to `path` (jsonl) as they are made; a rerun resumes.
 
-    Each batch is seeded from (seed, task, first sample index), so a resumed run samples what a whole one would."""
+    Each batch is seeded from (seed, task, first sample index), so a resumed run (same batch size) samples
+    what a whole one would."""
     done = read_jsonl(path) if os.path.exists(path) else []
     have = defaultdict(int)
     for sample in done:
