@@ -69,6 +69,14 @@ class DataConfig:
     vocab_file: Optional[str] = opt(None, "tokenizer.json (HFTokenizer) or vocab.json (GPT2BPETokenizer)")
     merge_file: Optional[str] = opt(None, "merges.txt for GPT2BPETokenizer")
     data_impl: str = opt("mmap", "indexed dataset implementation; only 'mmap' is supported")
+    train_data_paths: List[str] = opt([], "training dataset prefixes blended by weight (instead of data-path + split)")
+    valid_data_paths: List[str] = opt([], "validation dataset prefixes, blended like train-data-paths")
+    test_data_paths: List[str] = opt([], "test dataset prefixes, blended like train-data-paths")
+    train_data_weights: List[float] = opt([], "relative weight of each train-data-paths entry (default: equal)")
+    valid_data_weights: List[float] = opt([], "relative weight of each valid-data-paths entry (default: equal)")
+    test_data_weights: List[float] = opt([], "relative weight of each test-data-paths entry (default: equal)")
+    weight_by_num_documents: bool = opt(False, "weigh datasets by document count smoothed by weighted-sampler-alpha")
+    weighted_sampler_alpha: float = opt(0.3, "exponent of that smoothing: 1 = by size, 0 = uniform over datasets")
 
 
 @dataclass

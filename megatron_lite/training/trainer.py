@@ -16,7 +16,7 @@ from tqdm import tqdm
 from megatron_lite.build import build_tokenizer_for, default_device
 from megatron_lite.config import Config
 from megatron_lite.config_loader import dump_config
-from megatron_lite.data.gpt_dataset import build_train_valid_test_datasets
+from megatron_lite.data.blended_dataset import datasets_from_config
 from megatron_lite.errors import UserError
 from megatron_lite.model.gpt import GPTModel, count_parameters, flops_per_token
 from megatron_lite.parallel import state as parallel_state
@@ -77,16 +77,14 @@ class Trainer:
         self.cfg, self.device = cfg, default_device()
         self.is_main = self.par.rank == 0  # only rank 0 logs and writes shared files
         t = cfg.train
-        if cfg.data.data_path is None:
-            raise UserError("no training data: set 'data-path' to a preprocessed PREFIX (PREFIX.bin / PREFIX.idx)")
         if t.save:
             _check_writable(t.save, "save")
         seed_everything(t.seed)
         self.tokenizer = build_tokenizer_for(cfg)
         self.num_params = count_parameters(cfg.model)
         check_fits(cfg, self.num_params, self.device)
-        self.train_data, self.valid_data, _ = build_train_valid_test_datasets(
-            cfg.data.data_path, cfg.data.split, cfg.model.seq_length,
+        self.train_data, self.valid_data, _ = datasets_from_config(
+            cfg.data, cfg.model.seq_length,
             num_samples=(t.train_iters * t.train_batch_size, t.eval_iters * t.train_batch_size, 0),
             seed=t.seed,
         )
