@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Launcher: ./deepy.py SCRIPT.py CONF.yml [CONF.yml ...] [--key value ...]
 
-Checks the merged config first (so mistakes stop before any process starts), then runs the script
-with the same arguments. One process for now; the parallelism issue adds torchrun / multi-node.
+Checks the merged config first (so mistakes stop before any process starts), then runs the script:
+in this process's place when the run has one process; with torchrun for `num-procs` (or `num-gpus`) > 1
+processes on this machine; one torchrun node per host of a `hostfile` (`host slots=N` lines, filtered by
+`include` / `exclude`); or with mpirun when `launcher: mpirun`. If any rank fails, every other one stops.
 """
 
 import os
@@ -11,7 +13,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from megatron_lite.config_loader import load_config_from_argv  # noqa: E402
+from megatron_lite.config_loader import load_config_from_argv, parallel_section  # noqa: E402
 from megatron_lite.errors import UserError, exit_on_user_error  # noqa: E402
 
 SCRIPTS = ("train.py", "generate.py", "eval.py")
@@ -30,9 +32,16 @@ def main(argv):
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return
-    script = find_script(argv[0])
-    load_config_from_argv(argv[1:])  # validate now; the script loads it again in its own process
-    os.execv(sys.executable, [sys.executable, script, *argv[1:]])
+    from megatron_lite import launcher
+
+    script, args = find_script(argv[0]), argv[1:]
+    pcfg = parallel_section(args)
+    world = launcher.world_size(pcfg)
+    os.environ["WORLD_SIZE"] = str(world)
+    load_config_from_argv(args)  # validate now, at the real world size; each process loads it again
+    if world == 1 and pcfg.launcher == "torchrun":
+        os.execv(sys.executable, [sys.executable, script, *args])
+    sys.exit(launcher.run_nodes(launcher.commands(pcfg, script, args)))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from dataclasses import fields
 
 import yaml
 
-from megatron_lite.config import SECTIONS, Config
+from megatron_lite.config import SECTIONS, Config, ParallelConfig
 from megatron_lite.errors import UserError, warn_once
 
 CLI = "the command line"
@@ -452,6 +452,19 @@ def split_argv(argv):
     if not paths:
         raise UserError("no config file given: usage is SCRIPT.py CONF.yml [CONF.yml ...] [--key value ...]")
     return paths, overrides
+
+
+def parallel_section(argv) -> ParallelConfig:
+    """Only the parallel keys of argv's files and overrides, unvalidated: the launcher needs them to know
+    how many processes to start before the whole config can be checked at that size."""
+    paths, overrides = split_argv(argv)
+    cfg = Config()
+    items = [(normalize(k), v, path, str(k)) for path in paths for k, v in read_yaml(path).items()]
+    items += [(norm, v, CLI, spelling) for norm, (v, spelling) in parse_overrides(list(overrides)).items()]
+    for norm, value, source, spelling in items:
+        if FIELDS.get(norm, (None,))[0] == "parallel" and norm not in DERIVED:
+            _apply(cfg, norm, value, source, spelling)
+    return cfg.parallel
 
 
 def load_config_from_argv(argv) -> Config:

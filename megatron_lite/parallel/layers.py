@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init
 
 from megatron_lite.parallel import state
 from megatron_lite.parallel.mappings import (copy_to_tp_region, gather_from_tp_region, reduce_from_tp_region,
@@ -75,19 +76,24 @@ class VocabParallelEmbedding(nn.Module):
         return reduce_from_tp_region(out)
 
 
+# With tp=1 the plain modules are built without their own random init (init_weights sets every value), so the
+# random stream reaching init_weights is the same at every tp size and so are the initial weights.
 def column_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Module:
-    return nn.Linear(in_features, out_features, bias) if state.get().tp_size == 1 else \
-        ColumnParallelLinear(in_features, out_features, bias)
+    if state.get().tp_size == 1:
+        return skip_init(nn.Linear, in_features, out_features, bias)
+    return ColumnParallelLinear(in_features, out_features, bias)
 
 
 def row_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Module:
-    return nn.Linear(in_features, out_features, bias) if state.get().tp_size == 1 else \
-        RowParallelLinear(in_features, out_features, bias)
+    if state.get().tp_size == 1:
+        return skip_init(nn.Linear, in_features, out_features, bias)
+    return RowParallelLinear(in_features, out_features, bias)
 
 
 def vocab_embedding(num_embeddings: int, embedding_dim: int) -> nn.Module:
-    return nn.Embedding(num_embeddings, embedding_dim) if state.get().tp_size == 1 else \
-        VocabParallelEmbedding(num_embeddings, embedding_dim)
+    if state.get().tp_size == 1:
+        return skip_init(nn.Embedding, num_embeddings, embedding_dim)
+    return VocabParallelEmbedding(num_embeddings, embedding_dim)
 
 
 def is_tp_sharded(p: torch.Tensor) -> bool:

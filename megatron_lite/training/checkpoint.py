@@ -252,9 +252,13 @@ def _optimizer_key_renames(model, optimizer) -> tuple:
 
     def to_name(key):
         idx, field_name = key.split(".", 1)
+        if field_name == "step":  # a scalar, the same on every tp rank: keep its key so it is not split
+            return key
         return f"{field_name}:{index[int(idx)]}"
 
     def from_name(key):
+        if ":" not in key:
+            return key
         field_name, name = key.split(":", 1)
         return f"{position[name]}.{field_name}"
 
