@@ -35,6 +35,9 @@ def publish(tmp: str, path: str) -> None:
 def write_weights_checkpoint(save_dir: str, shards: list, cfg: Config, tokenizer, step: int = 0) -> str:
     """Write a weights-only checkpoint (one safetensors file per tensor-parallel rank) with its tokenizer as
     SAVE/tokenizer.json, atomically; config.yml names that tokenizer."""
+    if tokenizer.vocab_size > cfg.model.padded_vocab_size:
+        raise UserError(f"the tokenizer ({cfg.data.vocab_file}) has {tokenizer.vocab_size} tokens but the model's "
+                        f"vocabulary is {cfg.model.padded_vocab_size}: pass the tokenizer the model was trained with")
     cfg.parallel.model_parallel_size = len(shards)
     cfg.data.tokenizer_type, cfg.data.merge_file = "HFTokenizer", None
     cfg.data.vocab_file = os.path.join(os.path.abspath(save_dir), "tokenizer.json")

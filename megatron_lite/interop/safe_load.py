@@ -1,6 +1,7 @@
 """Read `.pt` files without running pickled code: torch's weights-only unpickler, refusals as UserError."""
 
 import pickle
+import re
 
 import torch
 
@@ -12,9 +13,10 @@ def load_pt(path: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))  # what the file asked to call or build
+        what = f" (it asks for {found.group(1)})" if found else ""
         raise UserError(f"refused to load {path}: it holds pickled objects other than tensors and plain "
-                        f"containers, which could run code ({reason[:160]})") from None
+                        f"containers, which could run code{what}") from None
     except FileNotFoundError:
         raise UserError(f"file not found: {path}") from None
     except (OSError, RuntimeError, EOFError) as e:
