@@ -69,6 +69,8 @@ def model_fields(config: dict, source: str) -> dict:
     for key, (value, wanted) in checks.items():
         if value != wanted:
             raise UserError(f"{source}: {key} = {value!r} is not supported; expected {wanted!r}")
+    if config.get("rope_scaling"):
+        raise UserError(f"{source}: rope_scaling {config['rope_scaling']!r} is not supported")
     rope = config.get("rope_parameters") or {}
     if rope.get("rope_type", "default") != "default":
         raise UserError(f"{source}: rope_type {rope['rope_type']!r} is not supported; expected 'default'")
