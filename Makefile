@@ -36,6 +36,7 @@ test-all: install
 
 bench: install
 	$(PY) bench/train_throughput.py
+	$(PY) bench/hf_load.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) checkpoints runs

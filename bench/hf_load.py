@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Time to load a Hugging Face GPTNeoXForCausalLM directory into a ready CPU model: ours vs transformers.
+
+Ours is what generate.py / eval.py do with `load` set to the directory (read config.json and tokenizer,
+build GPTModel, load model.safetensors); the peer is `AutoModelForCausalLM.from_pretrained` on the same
+directory. Both end with an fp32 model in eval mode whose logits agree (checked). The directory is written once
+by our exporter from a PolyCoder-160M-shaped model (12 x 768 x 12, vocab 50304). After one warm-up load each,
+loads are interleaved (ours, peer) for --repeats rounds, files in the page cache for both; medians are compared.
+Ends with `RATIO hf_load <ours/peer>`.
+"""
+
+import argparse
+import inspect
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from megatron_lite.build import load_trained_model  # noqa: E402
+from megatron_lite.config import Config, ModelConfig  # noqa: E402
+from megatron_lite.data.tokenizer import build_tokenizer, save_tokenizer, train_byte_level_bpe  # noqa: E402
+from megatron_lite.interop.hf import save_hf_dir  # noqa: E402
+from megatron_lite.model.gpt import GPTModel  # noqa: E402
+
+
+def write_model_dir(workdir: str, layers: int, hidden: int, heads: int) -> str:
+    tok_dir = os.path.join(workdir, "tok")
+    save_tokenizer(train_byte_level_bpe([inspect.getsource(torch.nn.modules.module)], 1000), tok_dir)
+    cfg = ModelConfig(num_layers=layers, hidden_size=hidden, num_attention_heads=heads, padded_vocab_size=50304,
+                      max_position_embeddings=2048, seq_length=2048)
+    torch.manual_seed(0)
+    out = os.path.join(workdir, "hf")
+    save_hf_dir(out, GPTModel(cfg).state_dict(), cfg,
+                build_tokenizer("HFTokenizer", os.path.join(tok_dir, "tokenizer.json")))
+    return out
+
+
+def load_ours(path):
+    cfg = Config()
+    cfg.train.load = path
+    return load_trained_model(cfg)[0]
+
+
+def load_peer(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--hidden", type=int, default=768)
+    p.add_argument("--heads", type=int, default=12)
+    args = p.parse_args()
+    import transformers
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    workdir = tempfile.mkdtemp(prefix="bench-hf-load-")
+    try:
+        path = write_model_dir(workdir, args.layers, args.hidden, args.heads)
+        size = os.path.getsize(os.path.join(path, "model.safetensors")) / 2**20
+        ours, peer = load_ours(path), load_peer(path)  # warm-up: imports, page cache
+        x = torch.randint(0, 50304, (1, 32))
+        with torch.no_grad():
+            diff = (ours(x) - peer(x).logits).abs().max().item()
+        del ours, peer
+        times = {"ours": [], "transformers": []}
+        for _ in range(args.repeats):
+            for name, fn in (("ours", load_ours), ("transformers", load_peer)):
+                start = time.perf_counter()
+                model = fn(path)
+                times[name].append(time.perf_counter() - start)
+                del model
+        print(f"model: {args.layers} x {args.hidden} x {args.heads}, vocab 50304, model.safetensors {size:.0f} MiB fp32; "
+              f"transformers {transformers.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+        print(f"like for like: same directory, both to an fp32 eval-mode CPU model; max |logit diff| {diff:.2e}")
+        med = {k: statistics.median(v) for k, v in times.items()}
+        for name, ts in times.items():
+            print(f"{name:13s} median {med[name]:.3f} s  runs " + " ".join(f"{t:.3f}" for t in ts))
+        print(f"RATIO hf_load {med['ours'] / med['transformers']:.3f}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
