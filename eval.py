@@ -39,12 +39,10 @@ def split_perplexity(cfg, model, device):
     return {cfg.eval.eval_split: result}
 
 
-def language_perplexity(cfg, model, tokenizer, device, rank, world_size):
-    """Perplexity per language of whole files scored with rolling windows; files shared out across ranks."""
+def plan_language_perplexity(cfg):
+    """(files, context, stride) to score, checked before any model is loaded."""
     from megatron_lite.data.languages import parse_languages
-    from megatron_lite.evaluation.perplexity import find_eval_files, score_files, summarize
-    from megatron_lite.evaluation.report import markdown_table, write_perplexity_report
-    from megatron_lite.training.trainer import autocast
+    from megatron_lite.evaluation.perplexity import find_eval_files
 
     e = cfg.eval
     try:
@@ -52,21 +50,34 @@ def language_perplexity(cfg, model, tokenizer, device, rank, world_size):
     except ValueError as err:
         raise UserError(f"eval-languages: {err}") from None
     context = e.eval_context_length or cfg.model.seq_length
+    stride = e.eval_stride or context
     if not 1 < context <= cfg.model.max_position_embeddings:
         raise UserError(f"eval-context-length {context} must be between 2 and max-position-embeddings "
                         f"{cfg.model.max_position_embeddings}")
+    if not 0 < stride <= context:
+        raise UserError(f"eval-stride {stride} must be between 1 and the context length {context}")
     if e.eval_batch_size < 1:
         raise UserError(f"eval-batch-size must be a positive integer, got {e.eval_batch_size}")
-    files = find_eval_files(e.eval_data_dir, e.eval_files, languages)
-    table = score_files(model, tokenizer, files, context, e.eval_stride or context, e.eval_batch_size, device,
+    return find_eval_files(e.eval_data_dir, e.eval_files, languages), context, stride
+
+
+def language_perplexity(cfg, plan, model, tokenizer, device, rank, world_size):
+    """Perplexity per language of whole files scored with rolling windows; files shared out across ranks."""
+    from megatron_lite.evaluation.perplexity import score_files, summarize
+    from megatron_lite.evaluation.report import markdown_table, write_perplexity_report
+    from megatron_lite.training.trainer import autocast
+
+    e = cfg.eval
+    files, context, stride = plan
+    table = score_files(model, tokenizer, files, context, stride, e.eval_batch_size, device,
                         lambda: autocast(device, cfg.precision.precision), rank, world_size)
     summary = summarize(files, table)
     if rank == 0:
         print(markdown_table(summary), end="")
         overall = summary["overall"]
         print(f"overall perplexity {overall['perplexity']:.3f} ({overall['bits_per_byte']:.3f} bits/byte, "
-              f"{overall['files']} files, {overall['tokens']} tokens, context {context}, "
-              f"stride {e.eval_stride or context}, {world_size} rank(s))")
+              f"{overall['files']} files, {overall['tokens']} tokens, context {context}, stride {stride}, "
+              f"{world_size} rank(s))")
         if e.eval_results_prefix:
             title = f"Perplexity per language ({cfg.train.load})"
             for path in write_perplexity_report(e.eval_results_prefix, summary, title):
@@ -74,11 +85,9 @@ def language_perplexity(cfg, model, tokenizer, device, rank, world_size):
     return {"languages": summary}
 
 
-def humaneval(cfg, model, tokenizer):
-    """pass@k on HumanEval: sample (resumably) or read completions, execute them in the sandbox."""
+def plan_humaneval(cfg):
+    """(problems, given completions or None), checked before any model is loaded."""
     from megatron_lite.evaluation import humaneval as he
-    from megatron_lite.evaluation.report import write_json
-    from megatron_lite.evaluation.sandbox import Sandbox, SandboxLimits
 
     e = cfg.eval
     for key in ("humaneval_num_samples", "humaneval_batch_size", "humaneval_workers", "humaneval_memory_mb"):
@@ -87,15 +96,27 @@ def humaneval(cfg, model, tokenizer):
     if e.humaneval_cpu_timeout <= 0 or e.humaneval_wall_timeout <= 0:
         raise UserError("humaneval-cpu-timeout and humaneval-wall-timeout must be positive")
     problems = he.load_problems(e.humaneval_problem_file, e.humaneval_limit)
+    if not e.humaneval_samples_file:
+        return problems, None
+    if not os.path.isfile(e.humaneval_samples_file):
+        raise UserError(f"humaneval-samples-file: {e.humaneval_samples_file} does not exist")
+    wanted = {p["task_id"] for p in problems}
+    samples = [s for s in he.read_jsonl(e.humaneval_samples_file) if s.get("task_id") in wanted]
+    if any("completion" not in s for s in samples):
+        raise UserError(f"humaneval-samples-file: {e.humaneval_samples_file}: every line needs 'completion'")
+    return problems, samples
+
+
+def humaneval(cfg, plan, model, tokenizer):
+    """pass@k on HumanEval: sample (resumably) or take the given completions, execute them in the sandbox."""
+    from megatron_lite.evaluation import humaneval as he
+    from megatron_lite.evaluation.report import write_json
+    from megatron_lite.evaluation.sandbox import Sandbox, SandboxLimits
+
+    e = cfg.eval
+    problems, samples = plan
     prefix = e.eval_results_prefix
-    if e.humaneval_samples_file:
-        if not os.path.isfile(e.humaneval_samples_file):
-            raise UserError(f"humaneval-samples-file: {e.humaneval_samples_file} does not exist")
-        wanted = {p["task_id"] for p in problems}
-        samples = [s for s in he.read_jsonl(e.humaneval_samples_file) if s.get("task_id") in wanted]
-        if any("completion" not in s for s in samples):
-            raise UserError(f"humaneval-samples-file: {e.humaneval_samples_file}: every line needs 'completion'")
-    else:
+    if samples is None:
         from megatron_lite.generation.engine import TextGenerator
 
         generator = TextGenerator(model, tokenizer, cfg.generate, cfg.model.max_position_embeddings, seed=cfg.train.seed)
@@ -128,20 +149,22 @@ def main(argv):
 
         if not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    only_given_samples = cfg.eval.eval_tasks == ["humaneval"] and cfg.eval.humaneval_samples_file
+    by_language = "perplexity" in cfg.eval.eval_tasks and (cfg.eval.eval_data_dir or cfg.eval.eval_files)
+    plan = plan_language_perplexity(cfg) if by_language else None
+    coding = plan_humaneval(cfg) if "humaneval" in cfg.eval.eval_tasks and rank == 0 else None
     model, tokenizer, device = (None, None, None)
-    if not only_given_samples:
+    if not (cfg.eval.eval_tasks == ["humaneval"] and cfg.eval.humaneval_samples_file):  # no model needed
         from megatron_lite.build import load_trained_model
 
         model, tokenizer, device = load_trained_model(cfg)
     results = {}
     if "perplexity" in cfg.eval.eval_tasks:
-        if cfg.eval.eval_data_dir or cfg.eval.eval_files:
-            results.update(language_perplexity(cfg, model, tokenizer, device, rank, world_size))
+        if by_language:
+            results.update(language_perplexity(cfg, plan, model, tokenizer, device, rank, world_size))
         elif rank == 0:
             results.update(split_perplexity(cfg, model, device))
     if "humaneval" in cfg.eval.eval_tasks and rank == 0:  # generation and execution run on one rank
-        results.update(humaneval(cfg, model, tokenizer))
+        results.update(humaneval(cfg, coding, model, tokenizer))
     if cfg.eval.eval_results_prefix and rank == 0:
         from megatron_lite.evaluation.report import write_json
 

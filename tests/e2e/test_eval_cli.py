@@ -1,0 +1,129 @@
+"""eval.py from the command line: perplexity per language (one and two ranks), HumanEval, bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+from megatron_lite.evaluation.humaneval import load_problems
+from tests.conftest import REPO, run_tool
+
+pytestmark = pytest.mark.timeout(300)
+STDLIB = sysconfig.get_paths()["stdlib"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, small_corpus):
+    """A micro model trained for a few steps on the small corpus; returns (config path, checkpoint dir)."""
+    root = tmp_path_factory.mktemp("eval_model")
+    config = root / "micro.yml"
+    config.write_text(f"""
+num-layers: 2
+hidden-size: 64
+num-attention-heads: 4
+seq-length: 64
+max-position-embeddings: 64
+train_micro_batch_size_per_gpu: 4
+train-iters: 6
+lr: 0.003
+data-path: {small_corpus['prefix']}
+vocab-file: {small_corpus['tokenizer']}
+save: {root / 'ckpt'}
+""")
+    run_tool("deepy.py", "train.py", str(config))
+    return str(config), str(root / "ckpt")
+
+
+def language_tree(root):
+    """One folder per language with real files (stdlib Python, small C and Go), plus a file of no language."""
+    for name in ("Python", "C", "Go"):
+        (root / name).mkdir(parents=True)
+    for name in ("json/scanner.py", "textwrap.py", "colorsys.py"):
+        shutil.copy(os.path.join(STDLIB, name), root / "Python" / os.path.basename(name))
+    (root / "C" / "add.c").write_text("int add(int a, int b) {\n    return a + b;\n}\n")
+    (root / "C" / "add.h").write_text("int add(int a, int b);\n")
+    (root / "Go" / "main.go").write_text("package main\n\nimport \"fmt\"\n\nfunc main() {\n\tfmt.Println(1)\n}\n")
+    (root / "NOTES.txt").write_text("not scored")
+
+
+def test_perplexity_per_language_on_one_and_two_ranks(tmp_path, trained):
+    config, ckpt = trained
+    language_tree(tmp_path / "langs")
+    args = [config, "--load", ckpt, "--eval-data-dir", str(tmp_path / "langs"), "--eval-context-length", "32",
+            "--eval-stride", "24", "--eval-batch-size", "8"]
+    out = run_tool("deepy.py", "eval.py", *args, "--eval-results-prefix", str(tmp_path / "one" / "run")).stdout
+    assert "| Python | 3 |" in out and "| C | 2 |" in out and "| Go | 1 |" in out
+    assert "1 files in" in out and "overall perplexity" in out
+    one = json.load(open(tmp_path / "one" / "run_perplexity.json"))
+    assert sorted(os.listdir(tmp_path / "one")) == ["run_perplexity.json", "run_perplexity.md", "run_perplexity.png",
+                                                    "run_results.json"]
+    assert one["overall"]["files"] == 6 and one["overall"]["bytes"] == sum(
+        os.path.getsize(p) for p in (tmp_path / "langs").rglob("*.*") if p.suffix != ".txt")
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "eval.py", *args, "--eval-results-prefix", str(tmp_path / "two" / "run")],
+                          cwd=REPO, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 rank(s)" in proc.stdout
+    two = json.load(open(tmp_path / "two" / "run_perplexity.json"))
+    assert one.keys() == two.keys()
+    for name in one:
+        assert {k: v for k, v in one[name].items() if k in ("files", "tokens", "bytes")} == \
+               {k: v for k, v in two[name].items() if k in ("files", "tokens", "bytes")}
+        assert two[name]["loss"] == pytest.approx(one[name]["loss"], rel=1e-5)
+
+
+def test_humaneval_of_given_completions(tmp_path):
+    problems = load_problems()
+    samples = tmp_path / "samples.jsonl"
+    with open(samples, "w") as f:
+        for p in problems:
+            f.write(json.dumps({"task_id": p["task_id"], "completion": p["canonical_solution"]}) + "\n")
+            f.write(json.dumps({"task_id": p["task_id"], "completion": "    while True:\n        pass\n"}) + "\n")
+    prefix = str(tmp_path / "he")
+    args = ["eval.py", "configs/tiny.yml", "configs/eval_humaneval.yml", "--humaneval-samples-file", str(samples),
+            "--humaneval-limit", "8", "--humaneval-cpu-timeout", "0.5", "--eval-results-prefix", prefix]
+    out = run_tool(*args).stdout
+    assert "humaneval pass@1 0.5000 (8 of 16 samples passed, 8 tasks)" in out
+    report = json.load(open(f"{prefix}_humaneval.json"))
+    assert [r["status"] for r in report["samples_detail"][:2]] == ["passed", "timed out"]
+    cached = len(open(f"{prefix}_humaneval_cache.jsonl").read().splitlines())
+    assert cached == 16
+    assert run_tool(*args).stdout == out  # the rerun takes every verdict from the cache
+    assert len(open(f"{prefix}_humaneval_cache.jsonl").read().splitlines()) == cached
+
+
+def test_humaneval_sampling_from_a_trained_model_resumes(tmp_path, trained):
+    config, ckpt = trained
+    prefix = str(tmp_path / "he")
+    args = ["deepy.py", "eval.py", config, "--load", ckpt, "--eval-tasks", "[humaneval]", "--humaneval-limit", "2",
+            "--humaneval-num-samples", "3", "--humaneval-k", "[1, 2]", "--maximum-tokens", "12", "--temperature",
+            "0.8", "--eval-results-prefix", prefix]
+    out = run_tool(*args).stdout
+    assert "humaneval pass@1" in out and "pass@2" in out and "of 6 samples passed, 2 tasks" in out
+    lines = open(f"{prefix}_humaneval_samples.jsonl").read().splitlines()
+    assert [json.loads(line)["task_id"] for line in lines] == ["HumanEval/0"] * 3 + ["HumanEval/1"] * 3
+    assert run_tool(*args).stdout == out  # nothing is sampled or executed again
+    assert open(f"{prefix}_humaneval_samples.jsonl").read().splitlines() == lines
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--eval-tasks", "[perplexity, mbpp]"], "eval-tasks: unknown task(s) ['mbpp']"),
+    (["--eval-files", "[/nonexistent/x.py]"], "eval-files: /nonexistent/x.py does not exist"),
+    (["--eval-files", "[eval.py]", "--eval-context-length", "16", "--eval-stride", "32"],
+     "eval-stride 32 must be between 1 and the context length 16"),
+    (["--eval-files", "[eval.py]", "--eval-languages", "[Cobol]"], "eval-languages: unknown language 'Cobol'"),
+    (["--eval-tasks", "[humaneval]", "--humaneval-samples-file", "/nonexistent.jsonl"],
+     "humaneval-samples-file: /nonexistent.jsonl does not exist"),
+])
+def test_bad_input_is_one_line(trained, extra, message):
+    config, ckpt = trained
+    proc = run_tool("deepy.py", "eval.py", config, "--load", ckpt, *extra, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and message in proc.stderr
+    assert "Traceback" not in proc.stderr
