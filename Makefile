@@ -37,6 +37,7 @@ test-all: install
 bench: install
 	$(PY) bench/train_throughput.py
 	$(PY) bench/hf_load.py
+	$(PY) bench/humaneval_exec.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) checkpoints runs
