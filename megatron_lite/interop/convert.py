@@ -67,5 +67,7 @@ def neox_to_ours(step_dir: str, config_paths: list, out: str, overrides: list = 
 def reshard_ours(load: str, tp: int, out: str) -> str:
     """Our checkpoint at tp size n -> the same weights at tp size m (model files only)."""
     cfg, shards = read_weights_checkpoint(load)
-    resharded = split_tp(merge_tp_shards(shards), tp)
-    return write_weights_checkpoint(out, resharded, cfg, _tokenizer(cfg), step=_step_of(resolve_checkpoint(load)))
+    weights = merge_tp_shards(shards)
+    _full_model_config(cfg, weights)
+    return write_weights_checkpoint(out, split_tp(weights, tp), cfg, _tokenizer(cfg),
+                                    step=_step_of(resolve_checkpoint(load)))

@@ -109,17 +109,18 @@ def _hf_tensors(path: str) -> dict:
             with open(index, encoding="utf-8") as f:
                 files = sorted(set(json.load(f)["weight_map"].values()))
             return {k: v for name in files for k, v in load_file(os.path.join(path, name)).items()}
-    except UserError:
-        raise
     except Exception as e:  # safetensors and json raise their own error types for damaged files
-        raise UserError(f"cannot read the weights in {path}: {e}") from None
+        raise UserError(f"cannot read the weights in {path}: {str(e).splitlines()[0] if str(e) else e!r}") from None
     if os.path.isfile(legacy):
-        return load_pt(legacy)
+        tensors = load_pt(legacy)
+        if not isinstance(tensors, dict):
+            raise UserError(f"{legacy}: expected a state dict of tensors, found {type(tensors).__name__}")
+        return tensors
     raise UserError(f"{path} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
 def to_ours(tensors: dict, source: str) -> dict:
-    """Hugging Face names -> ours; learned-free buffers are dropped."""
+    """Hugging Face names -> ours; buffers that are recomputed, not learned, are dropped."""
     out = {}
     for name, t in tensors.items():
         if name.endswith(BUFFERS):

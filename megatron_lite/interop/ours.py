@@ -7,7 +7,7 @@ import os
 import shutil
 
 from megatron_lite.config import Config
-from megatron_lite.config_loader import dump_config
+from megatron_lite.config_loader import dump_config, load_config
 from megatron_lite.errors import UserError
 from megatron_lite.training.checkpoint import _fsync_dir, _load_tensors, _write_tensors, resolve_checkpoint
 
@@ -61,8 +61,6 @@ def write_weights_checkpoint(save_dir: str, shards: list, cfg: Config, tokenizer
 
 def read_weights_checkpoint(path: str):
     """(resolved Config, [state dict per tensor-parallel rank]) of our checkpoint (save dir or global_stepN)."""
-    from megatron_lite.config_loader import load_config
-
     ckpt = resolve_checkpoint(path)
     ranks = sorted(f for f in os.listdir(ckpt) if f.startswith("model_mp_rank_") and f.endswith(".safetensors"))
     # A tp-rank checkpoint's config says model-parallel-size tp, which is only valid with that many processes.
