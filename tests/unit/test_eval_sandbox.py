@@ -2,6 +2,7 @@
 
 import os
 import socket
+import threading
 import time
 
 import pytest
@@ -176,3 +177,15 @@ def test_cached_verdicts_are_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(Sandbox, "_execute", lambda self, program: pytest.fail("ran a cached program"))
     with Sandbox(1, limits, cache_path=str(cache), uid_base=UID_BASE + 30) as box:
         assert box.run(programs) == first
+
+
+def test_a_worker_that_dies_is_replaced_and_its_program_recorded_as_failed():
+    """What a program that kills its worker causes (possible without root): the run goes on."""
+    with Sandbox(1, SandboxLimits(cpu_timeout=1.0, wall_timeout=5.0, retries=0), uid_base=UID_BASE + 40) as box:
+        worker = box.all_workers[0]
+        timer = threading.Timer(0.5, worker.proc.kill)
+        timer.start()
+        assert run_one(box, "import time\ntime.sleep(3)\n") == {
+            "status": "failed", "detail": "the sandbox worker died", "passed": False}
+        timer.join()
+        assert box.all_workers[0] is not worker and run_one(box, "assert True")["passed"]
