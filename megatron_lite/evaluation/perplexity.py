@@ -126,9 +126,9 @@ def score_files(model, tokenizer, files: List[Tuple[str, str]], context: int, st
         for (index, *_), value in zip(batch, nll):
             table[index, 0] += value
     if world_size > 1:
-        summed = torch.from_numpy(table)
+        summed = torch.from_numpy(table).to(device)  # nccl reduces device tensors only
         dist.all_reduce(summed)  # every file was scored by exactly one rank
-        table = summed.numpy()
+        table = summed.cpu().numpy()
     return table
 
 
