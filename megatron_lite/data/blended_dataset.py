@@ -66,7 +66,7 @@ def _weights(data, split: str, paths: List[str]) -> List[float]:
     if data.weight_by_num_documents:
         if not 0 <= data.weighted_sampler_alpha <= 1:
             raise UserError(f"weighted-sampler-alpha must be in [0, 1], got {data.weighted_sampler_alpha}")
-        return weights_by_num_documents([len(IndexedDataset(p).doc_idx) - 1 for p in paths],
+        return weights_by_num_documents([len(IndexedDataset(p)) for p in paths],  # sequences, as GPT-NeoX
                                         data.weighted_sampler_alpha)
     if not given:
         return [1.0 / len(paths)] * len(paths)
