@@ -45,11 +45,11 @@ def bar_chart(path: str, summary: Dict[str, dict], title: str) -> str:
 
     names = list(summary)
     values = [summary[n]["perplexity"] for n in names]
-    fig, ax = plt.subplots(figsize=(1 + 0.8 * len(names), 4))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1 + 0.8 * len(names)), 4))
     bars = ax.bar(names, values, color=["#4c72b0"] * (len(names) - 1) + ["#dd8452"])
     ax.bar_label(bars, fmt="%.2f", fontsize=8)
     ax.set_ylabel("token perplexity")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
 
