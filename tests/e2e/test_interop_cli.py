@@ -119,3 +119,18 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path, small_corpus):
         assert not (tmp_path / "out").exists()
     assert not (tmp_path / "pwned").exists()
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+
+
+def test_trained_checkpoint_exports_and_runs_in_transformers(micro_config, tmp_path):
+    """train.py -> to-hf -> transformers: the same token ids and logits as our loaded checkpoint."""
+    run_tool("deepy.py", "train.py", micro_config, "--train-iters", "4", "--eval-interval", "100")
+    run_tool("tools/convert_checkpoint.py", "to-hf", "--load", str(tmp_path / "ckpt"), "--output", str(tmp_path / "hf"))
+    from megatron_lite.build import load_trained_model
+
+    ours, tokenizer, _ = load_trained_model(load_config([micro_config], ["--load", str(tmp_path / "ckpt")]))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    ids = tokenizer.encode("import os\n\ndef main(argv):\n    return")
+    assert hf_tok("import os\n\ndef main(argv):\n    return")["input_ids"] == ids
+    with torch.no_grad():
+        assert (hf(torch.tensor([ids])).logits - ours(torch.tensor([ids]))).abs().max().item() < 1e-4
