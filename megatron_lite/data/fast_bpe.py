@@ -8,6 +8,7 @@ HF's encode stays the reference: preprocessing checks the two agree before it re
 import json
 from typing import Callable, Dict, List, Optional, Tuple
 
+MAX_ADDED_TOKENS = 1000
 # The split tokenizers' ByteLevel pre-tokenizer applies (GPT-2's), written for tiktoken's regex engine.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -36,6 +37,8 @@ def _ineligible(spec: dict) -> Optional[str]:
         return "its model is not a plain BPE"
     if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         return "its BPE uses subword prefixes or suffixes"
+    if len(spec.get("added_tokens") or []) > MAX_ADDED_TOKENS:
+        return f"it has over {MAX_ADDED_TOKENS} added tokens (tiktoken's special-token regex would be slow to build)"
     for added in spec.get("added_tokens") or []:
         if added.get("lstrip") or added.get("rstrip") or added.get("single_word"):
             return f"added token {added.get('content')!r} strips whitespace"

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from megatron_lite.data.corpus import iter_documents
@@ -67,3 +68,24 @@ def test_peak_memory_is_bounded_as_input_grows_tenfold(setup):
             assert tokens[-1] == tok.eod
             assert tok.decode(tokens[:-1]) == json.loads(line)["text"]
     assert i + 1 == len(ds)
+
+
+def test_vocabulary_above_65500_writes_int32_tokens(setup, tmp_path):
+    from tokenizers import Tokenizer
+
+    _, vocab, _ = setup
+    tok = Tokenizer.from_file(vocab)
+    tok.add_tokens([f"WORD{i:05d}" for i in range(66000)])
+    big = str(tmp_path / "big.json")
+    tok.save(big)
+    src = tmp_path / "in.jsonl"
+    texts = [f"x = WORD{65990 + i % 10}\r\n\tpass  " for i in range(20)]
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "preprocess_data.py"), "--input", str(src),
+                           "--vocab-file", big, "--output-prefix", str(tmp_path / "big")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "hf engine" in proc.stdout, proc.stderr  # too many added tokens for tiktoken
+    ds = IndexedDataset(str(tmp_path / "big_text_document"))
+    assert ds.dtype == np.int32 and max(int(ds[i].max()) for i in range(len(ds))) > 65535
+    loaded = build_tokenizer("HFTokenizer", big)
+    assert [loaded.decode(ds[i]) for i in range(len(ds))] == texts

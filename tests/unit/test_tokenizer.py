@@ -121,3 +121,16 @@ def test_load_errors_name_the_file_and_key(trained, tmp_path):
         build_tokenizer("GPT2BPETokenizer", os.path.join(trained, "vocab.json"), os.path.join(trained, "tokenizer.json"))
     with pytest.raises(UserError, match="vocab-file .* is not a GPT-2 vocab.json"):
         build_tokenizer("GPT2BPETokenizer", os.path.join(trained, "merges.txt"), os.path.join(trained, "merges.txt"))
+
+
+def test_sample_rate_floor_and_bytes_per_token_per_language(tmp_path):
+    corpus = make_code_corpus(str(tmp_path / "c"), 40)  # 120 documents in three languages
+    proc = run_tool("--input", corpus, "--vocab-size", "300", "--output", str(tmp_path / "t"),
+                    "--sample-rate", "0.05", "--min-documents", "30")
+    assert proc.returncode == 0, proc.stderr
+    assert "sample rate 0.25" in proc.stdout  # 5% of 120 is 6 documents, below the floor of 30
+    trained_on = int(proc.stdout.split("trained on ")[1].split()[0])
+    assert 10 <= trained_on <= 55
+    per_language = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ")]
+    assert per_language == ["C", "JavaScript", "Python"]
+    assert all("bytes per token" in line for line in proc.stdout.splitlines() if line.startswith("  "))
