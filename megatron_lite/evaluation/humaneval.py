@@ -83,8 +83,13 @@ def generate_samples(generator, problems: List[dict], n: int, batch_size: int, p
                     done.append(record)
                 out.flush()
                 have[problem["task_id"]] += min(batch_size, n - start)
+    kept, taken = [], defaultdict(int)  # the first n of each task (an earlier run may have asked for more)
     wanted = {p["task_id"] for p in problems}
-    return [s for s in done if s["task_id"] in wanted]
+    for sample in done:
+        if sample["task_id"] in wanted and taken[sample["task_id"]] < n:
+            taken[sample["task_id"]] += 1
+            kept.append(sample)
+    return kept
 
 
 def evaluate(problems: List[dict], samples: List[dict], sandbox: Sandbox, ks: List[int]) -> Dict:

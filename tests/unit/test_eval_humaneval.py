@@ -74,3 +74,5 @@ def test_sampling_resumes_where_it_stopped_and_samples_the_same(tmp_path, proble
     assert sorted(json.dumps(s) for s in again) == sorted(json.dumps(s) for s in first)
     assert len(resumed.read_text().splitlines()) == 12
     assert len({s["completion"] for s in first}) > 1  # sampled, not one repeated string
+    fewer = he.generate_samples(generator, problems[:2], 2, 3, str(resumed), seed=7)  # n=2 of what is there
+    assert fewer == [s for p in problems[:2] for s in [x for x in first if x["task_id"] == p["task_id"]][:2]]
