@@ -38,6 +38,7 @@ bench: install
 	$(PY) bench/train_throughput.py
 	$(PY) bench/hf_load.py
 	$(PY) bench/humaneval_exec.py
+	$(PY) bench/preprocess_throughput.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) checkpoints runs

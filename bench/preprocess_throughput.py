@@ -17,6 +17,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as Megatron's workers encode one document each
@@ -46,8 +47,11 @@ class MegatronEncoder:
 
 
 def run_peer(corpus: str, vocab_file: str, workers: int, prefix: str) -> None:
-    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
     from tokenizers import Tokenizer
+
+    with warnings.catch_warnings():  # megatron.core warns that Apex / Transformer Engine are absent
+        warnings.simplefilter("ignore")
+        from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
     encoder = MegatronEncoder(vocab_file)
     vocab_size = Tokenizer.from_file(vocab_file).get_vocab_size()
