@@ -46,6 +46,8 @@ def merge_neox_shards(shards: list, name: str, parallel_residual: bool) -> torch
     dim = partition_dim(name)
     if dim is not None:
         return torch.cat(shards, dim=dim)
+    if any(s.shape != shards[0].shape for s in shards):
+        raise UserError(f"'{name}' has different shapes on different tensor-parallel ranks but should be replicated")
     if parallel_residual and name.endswith(ROW_PARALLEL_BIASES):
         # With a parallel residual GPT-NeoX adds every rank's bias before the single all-reduce: they sum.
         return torch.stack(shards).sum(0)
