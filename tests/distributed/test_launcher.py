@@ -1,0 +1,82 @@
+"""deepy.py across processes: two "machines" from a hostfile train like one machine with the same processes;
+a rank that dies or raises ends the whole job in bounded time with its error shown; hostfile errors."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from megatron_lite.errors import UserError
+from megatron_lite.launcher import read_hostfile
+from tests.conftest import REPO, run_tool
+from tests.distributed.harness import free_port
+
+FAILING_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import torch.distributed as dist
+    from megatron_lite.config_loader import load_config_from_argv
+    from megatron_lite.parallel import state
+
+    state.initialize(load_config_from_argv(sys.argv[1:]).parallel)
+    if state.get().rank == 1:
+        if os.environ["FAIL_MODE"] == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise RuntimeError("rank 1 failed on purpose")
+    dist.barrier()  # without the launcher, rank 0 would wait here until the collective timeout
+    """
+)
+
+
+def losses(log_dir):
+    with open(log_dir / "metrics.jsonl") as f:
+        return [r["loss"] for r in map(json.loads, f)]
+
+
+def test_hostfile_two_local_machines_train_like_one(micro_config, tmp_path):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("# two 'machines' on this one\nlocalhost slots=1\n127.0.0.1 slots=1\nfarhost slots=1\n")
+    common = [micro_config, "--train-iters", "4", "--eval-interval", "4", "--log-interval", "1",
+              "--gradient-accumulation-steps", "1"]
+    run_tool("deepy.py", "train.py", *common, "--hostfile", str(hostfile), "--exclude", "farhost",
+             "--master-port", str(free_port()), "--log-dir", str(tmp_path / "two"), "--save", str(tmp_path / "c2"),
+             timeout=240)
+    run_tool("deepy.py", "train.py", *common, "--num-procs", "2", "--log-dir", str(tmp_path / "one"),
+             "--save", str(tmp_path / "c1"), timeout=240)
+    two, one = losses(tmp_path / "two"), losses(tmp_path / "one")
+    assert len(two) == 4 and two == pytest.approx(one, rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["raise", "kill"])
+def test_failing_rank_stops_the_job(micro_config, tmp_path, mode):
+    script = tmp_path / "fail.py"
+    script.write_text(FAILING_SCRIPT)
+    started = time.time()
+    proc = subprocess.run([sys.executable, "deepy.py", str(script), micro_config, "--num-procs", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "FAIL_MODE": mode})
+    elapsed = time.time() - started
+    assert proc.returncode != 0
+    assert elapsed < 60, f"took {elapsed:.0f}s"
+    assert "a node of the job exited" in proc.stderr
+    if mode == "raise":
+        assert "rank 1 failed on purpose" in proc.stderr
+    else:
+        assert "Signals.SIGKILL" in proc.stderr or "SIGKILL" in proc.stderr
+
+
+def test_hostfile_errors_name_the_line_and_host(tmp_path):
+    bad = tmp_path / "hosts"
+    bad.write_text("node1 slots=2\nnode2 slot=2\n")
+    with pytest.raises(UserError, match="line 2: expected 'HOST slots=N'"):
+        read_hostfile(str(bad))
+    bad.write_text("node1 slots=2\nnode2 slots=4\n")
+    with pytest.raises(UserError, match="same slots"):
+        read_hostfile(str(bad))
+    bad.write_text("node1 slots=2\nnode2 slots=2\n")
+    with pytest.raises(UserError, match="'node3' is not in hostfile"):
+        read_hostfile(str(bad), include="node3")
+    assert read_hostfile(str(bad), exclude="node1") == [("node2", 2)]

@@ -1,0 +1,93 @@
+"""GPTModel at tp=2 equals tp=1 (loss and gradients, fp32); the bucketed data-parallel reduction equals the
+plain all-reduce after backward; gradient clipping's norm over tp shards equals the full model's."""
+
+import contextlib
+
+import torch
+
+from megatron_lite.config import ModelConfig
+from megatron_lite.model.gpt import GPTModel
+from megatron_lite.parallel import state
+from megatron_lite.parallel.data_parallel import GradReducer, reference_all_reduce
+from megatron_lite.parallel.layers import gather_full
+from megatron_lite.training.optim import clip_grad_norm
+from megatron_lite.training.trainer import lm_loss
+from tests.distributed.harness import run_workers
+
+CFG = dict(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=16, max_position_embeddings=16,
+           rotary_pct=0.5, padded_vocab_size=256)
+
+
+@contextlib.contextmanager
+def single_process():
+    """Build and run a reference model as if this were the only process (tp=1, identity collectives)."""
+    saved = state._STATE
+    state._STATE = state.ParallelState()
+    try:
+        yield
+    finally:
+        state._STATE = saved
+
+
+def _check_gpt_tp(no_weight_tying):
+    cfg = ModelConfig(**CFG, no_weight_tying=no_weight_tying)
+    with single_process():
+        torch.manual_seed(0)
+        ref = GPTModel(cfg)
+    torch.manual_seed(0)
+    model = GPTModel(cfg)
+    names = dict(model.named_parameters())
+    for name, p in ref.named_parameters():  # the same seed builds the same model at every tp size
+        assert torch.equal(gather_full(names[name], getattr(names[name], "tp_dim", None)), p.detach()), name
+    torch.manual_seed(1)
+    tokens = torch.randint(0, 250, (3, CFG["seq_length"] + 1))
+    loss = lm_loss(model, tokens, torch.device("cpu"), "fp32")
+    loss.backward()
+    with single_process():
+        ref_loss = lm_loss(ref, tokens, torch.device("cpu"), "fp32")
+        ref_loss.backward()
+    assert abs(loss.item() - ref_loss.item()) < 1e-5, (loss.item(), ref_loss.item())
+    for name, p in ref.named_parameters():
+        ours = gather_full(names[name].grad, getattr(names[name], "tp_dim", None))
+        assert torch.allclose(ours, p.grad, atol=1e-5), f"{name}: {(ours - p.grad).abs().max().item():.3g}"
+    # The clipping norm counts shards once each and replicated parameters once.
+    params = list(model.parameters())
+    norm = clip_grad_norm(params, float("inf"), state.get().tp_group)
+    ref_norm = torch.nn.utils.clip_grad_norm_(list(ref.parameters()), float("inf")).item()
+    assert abs(norm - ref_norm) < 1e-5 * ref_norm, (norm, ref_norm)
+
+
+def _gpt_tp2():
+    _check_gpt_tp(no_weight_tying=True)
+    _check_gpt_tp(no_weight_tying=False)
+
+
+def test_gpt_model_tp2_matches_tp1():
+    run_workers(_gpt_tp2, world=2, tp=2, timeout=120)
+
+
+def _dp_reduce():
+    s = state.get()
+    torch.manual_seed(0)
+    a = GPTModel(ModelConfig(**CFG))
+    b = GPTModel(ModelConfig(**CFG))
+    b.load_state_dict(a.state_dict())
+    reducer = GradReducer(a.parameters(), s.dp_group, s.dp_size, bucket_mb=0.05)  # several buckets
+    assert len(reducer.buckets) > 2
+    torch.manual_seed(100 + s.dp_rank)  # each rank its own data
+    batches = [torch.randint(0, 250, (2, CFG["seq_length"] + 1)) for _ in range(2)]
+    for j, tokens in enumerate(batches):  # two micro batches: only the last one reduces
+        reducer.set_sync(j == len(batches) - 1)
+        (lm_loss(a, tokens, torch.device("cpu"), "fp32") / 2).backward()
+        (lm_loss(b, tokens, torch.device("cpu"), "fp32") / 2).backward()
+    reducer.finish()
+    reference_all_reduce(b.parameters(), s.dp_group, s.dp_size)
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), name
+    gathered = [torch.empty_like(p.grad) for _ in range(s.dp_size)]
+    torch.distributed.all_gather(gathered, next(a.parameters()).grad, group=s.dp_group)
+    assert torch.equal(gathered[0], gathered[1]) and gathered[0].abs().sum() > 0  # replicas apply one update
+
+
+def test_bucketed_dp_reduction_matches_plain_all_reduce():
+    run_workers(_dp_reduce, world=2, tp=1, timeout=120)
