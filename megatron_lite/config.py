@@ -65,7 +65,7 @@ class ParallelConfig:
 class DataConfig:
     data_path: Optional[str] = opt(None, "prefix of a preprocessed dataset (PREFIX.bin / PREFIX.idx)")
     split: str = opt("949,50,1", "train,valid,test proportions of the documents")
-    tokenizer_type: str = opt("HFTokenizer", "HFTokenizer (tokenizer.json) | GPT2BPETokenizer (vocab + merges)")
+    tokenizer_type: str = opt("HFTokenizer", "HFTokenizer (tokenizer.json) | GPT2BPETokenizer | SPMTokenizer (.model)")
     vocab_file: Optional[str] = opt(None, "tokenizer.json (HFTokenizer) or vocab.json (GPT2BPETokenizer)")
     merge_file: Optional[str] = opt(None, "merges.txt for GPT2BPETokenizer")
     data_impl: str = opt("mmap", "indexed dataset implementation; only 'mmap' is supported")

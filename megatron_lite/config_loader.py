@@ -56,7 +56,7 @@ CHOICES = {
     "attention_impl": ("sdpa", "reference"),
     "init_method": ("normal", "scaled_normal", "small_init", "wang_init"),
     "output_layer_init_method": ("normal", "scaled_normal", "small_init", "wang_init"),
-    "tokenizer_type": ("HFTokenizer", "GPT2BPETokenizer"),
+    "tokenizer_type": ("HFTokenizer", "GPT2BPETokenizer", "SPMTokenizer"),
     "data_impl": ("mmap",),
     "optimizer_type": ("Adam", "AdamW"),
     "lr_decay_style": ("cosine", "linear", "constant", "inverse_square_root"),

@@ -10,7 +10,8 @@ from collections import Counter
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_lite.data.corpus import check_inputs, iter_labelled_texts  # noqa: E402
-from megatron_lite.data.tokenizer import build_tokenizer, save_tokenizer, train_byte_level_bpe  # noqa: E402
+from megatron_lite.data.tokenizer import (  # noqa: E402
+    TOKENIZER_TYPES, build_tokenizer, save_tokenizer, train_byte_level_bpe, train_sentencepiece)
 from megatron_lite.errors import UserError, exit_on_user_error  # noqa: E402
 
 
@@ -18,7 +19,10 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--input", nargs="+", required=True, help="source directories and/or .jsonl files")
     p.add_argument("--vocab-size", type=int, required=True, help="vocabulary size including <|endoftext|>")
-    p.add_argument("--output", required=True, help="directory for tokenizer.json, vocab.json, merges.txt")
+    p.add_argument("--output", required=True,
+                   help="directory for tokenizer.json, vocab.json, merges.txt (or tokenizer.model for SPMTokenizer)")
+    p.add_argument("--tokenizer-type", default="HFTokenizer", choices=TOKENIZER_TYPES,
+                   help="HFTokenizer / GPT2BPETokenizer: byte-level BPE (both files written); SPMTokenizer: sentencepiece")
     p.add_argument("--sample-rate", type=float, default=0.05, help="fraction of documents to train on (PolyCoder: 5%%)")
     p.add_argument("--min-documents", type=int, default=200,
                    help="sample at least this many documents (all of a smaller corpus)")
@@ -80,12 +84,20 @@ def main(argv=None):
     rate = sample_rate(args.input, args.jsonl_keys, args.sample_rate, args.min_documents)
     totals = {"docs": 0, "bytes": 0}
     texts = (text for text, _ in sampled_texts(args.input, args.jsonl_keys, rate, args.seed, totals))
-    tok = train_byte_level_bpe(texts, args.vocab_size)
+    if args.tokenizer_type == "SPMTokenizer":
+        texts = list(texts)  # sentencepiece needs the sample before it can say anything about emptiness
+        if totals["docs"]:
+            train_sentencepiece(texts, args.vocab_size, args.output)
+        saved = ("SPMTokenizer", os.path.join(args.output, "tokenizer.model"), None)
+    else:
+        tok = train_byte_level_bpe(texts, args.vocab_size)
+        saved = ("HFTokenizer", os.path.join(args.output, "tokenizer.json"), None)
     if totals["docs"] == 0:
         raise UserError(f"no documents to train on in {' '.join(args.input)} (empty input or sample-rate too low)")
-    save_tokenizer(tok, args.output)
+    if args.tokenizer_type != "SPMTokenizer":
+        save_tokenizer(tok, args.output)
     # Measure compression with the saved files, through the same loader training runs use.
-    loaded = build_tokenizer("HFTokenizer", os.path.join(args.output, "tokenizer.json"), None)
+    loaded = build_tokenizer(*saved)
     counts = bytes_per_token(loaded, sampled_texts(args.input, args.jsonl_keys, rate, args.seed, Counter()))
     b, n = counts["all"]
     print(f"{args.output}: vocab {loaded.vocab_size} (asked {args.vocab_size}), trained on {totals['docs']} documents "

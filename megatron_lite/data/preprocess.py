@@ -32,13 +32,13 @@ def make_encoder(tokenizer_args, engine: str):
     """(texts -> token lists, engine used): tiktoken's engine where it reproduces the tokenizer, else HF's."""
     tokenizer = build_tokenizer(*tokenizer_args)
     if engine != "hf":
-        fast, reason = encoder_for(tokenizer.hf)
+        fast, reason = encoder_for(tokenizer.hf) if tokenizer.hf is not None else (None, "it is not a BPE")
         if fast is not None:
             return (lambda texts: [fast(t) for t in texts]), "tiktoken"
         if engine == "tiktoken":
             raise UserError(f"tokenizer-engine 'tiktoken' cannot encode vocab-file '{tokenizer_args[1]}': {reason}")
     # One encode per document: with the Rust thread pool off in workers, encode_batch is slower than a loop.
-    return (lambda texts: [tokenizer.encode(t) for t in texts]), "hf"
+    return (lambda texts: [tokenizer.encode(t) for t in texts]), ("hf" if tokenizer.hf else "sentencepiece")
 
 
 def _init_worker(tokenizer_args, engine):
@@ -127,7 +127,7 @@ def checked_engine(tokenizer_args, engine: str, sample: List[str]) -> str:
     if engine not in ENGINES:
         raise UserError(f"tokenizer-engine '{engine}' is unknown; valid: {', '.join(ENGINES)}")
     encode, chosen = make_encoder(tokenizer_args, engine)
-    if chosen == "hf":
+    if chosen != "tiktoken":
         return chosen
     if encode(sample) != build_tokenizer(*tokenizer_args).encode_batch(sample):
         if engine == "tiktoken":

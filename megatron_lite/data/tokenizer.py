@@ -1,4 +1,5 @@
-"""Byte-level BPE tokenizers (HF `tokenizer.json`, or GPT-2 vocab.json + merges.txt) that round-trip text exactly."""
+"""Tokenizers that round-trip text exactly: byte-level BPE (HF `tokenizer.json`, or GPT-2 vocab.json + merges.txt)
+and SentencePiece (`.model`, identity normalisation, byte fallback)."""
 
 import json
 import os
@@ -7,7 +8,7 @@ from typing import List, Optional
 from megatron_lite.errors import UserError
 
 EOD_TOKEN = "<|endoftext|>"
-TOKENIZER_TYPES = ("HFTokenizer", "GPT2BPETokenizer")
+TOKENIZER_TYPES = ("HFTokenizer", "GPT2BPETokenizer", "SPMTokenizer")
 
 
 class Tokenizer:
@@ -36,6 +37,33 @@ class Tokenizer:
     def decode(self, ids) -> str:
         # Special tokens are kept so that a literal '<|endoftext|>' in the text comes back too.
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+class SentencePieceTokenizer:
+    """Wraps a `sentencepiece` model; `hf` is None (no HF or tiktoken engine applies)."""
+
+    hf = None
+
+    def __init__(self, path: str):
+        import sentencepiece as spm
+
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=path)
+        except Exception as e:  # sentencepiece raises RuntimeError / OSError for anything it cannot parse
+            raise UserError(f"vocab-file '{path}' is not a sentencepiece .model ({_first_line(e)})") from None
+        self.eod = self._sp.piece_to_id(EOD_TOKEN)
+        if self.eod == self._sp.unk_id():
+            raise UserError(f"vocab-file '{path}' has no '{EOD_TOKEN}' piece (needed as the end-of-document id)")
+        self.vocab_size = self._sp.get_piece_size()
+
+    def encode(self, text: str) -> List[int]:
+        return self._sp.encode(text)
+
+    def encode_batch(self, texts: List[str]) -> List[List[int]]:
+        return self._sp.encode(list(texts))
+
+    def decode(self, ids) -> str:
+        return self._sp.decode([int(i) for i in ids])
 
 
 def _check_file(path: Optional[str], key: str, what: str) -> str:
@@ -101,11 +129,13 @@ def _first_line(e: Exception) -> str:
 
 
 def build_tokenizer(tokenizer_type: str, vocab_file: Optional[str], merge_file: Optional[str] = None) -> Tokenizer:
-    """HFTokenizer (vocab_file = tokenizer.json) or GPT2BPETokenizer (vocab.json + merges.txt)."""
+    """HFTokenizer (vocab_file = tokenizer.json), GPT2BPETokenizer (vocab.json + merges.txt), SPMTokenizer (.model)."""
     if tokenizer_type == "HFTokenizer":
         return _load_hf(vocab_file)
     if tokenizer_type == "GPT2BPETokenizer":
         return _load_gpt2(vocab_file, merge_file)
+    if tokenizer_type == "SPMTokenizer":
+        return SentencePieceTokenizer(_check_file(vocab_file, "vocab-file", "a sentencepiece .model"))
     raise UserError(f"tokenizer-type '{tokenizer_type}' is unknown; valid: {', '.join(TOKENIZER_TYPES)}")
 
 
@@ -139,3 +169,43 @@ def save_tokenizer(tok, out_dir: str) -> None:
             os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+SPM_PIECE_BYTES = 8192  # sentencepiece trains on "sentences"; documents are cut at line ends to pieces this long
+
+
+def _spm_pieces(texts):
+    for text in texts:
+        piece = ""
+        for line in text.splitlines(keepends=True):
+            if piece and len(piece) + len(line) > SPM_PIECE_BYTES:
+                yield piece
+                piece = ""
+            piece += line
+        if piece:
+            yield piece
+
+
+def train_sentencepiece(texts, vocab_size: int, out_dir: str) -> None:
+    """Train a lossless BPE sentencepiece model into out_dir/tokenizer.model (temporary name, then rename)."""
+    import io
+    import tempfile
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=_spm_pieces(texts), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+            # keep every character: no normalisation, no added or collapsed spaces, unknown bytes as byte pieces
+            normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
+            allow_whitespace_only_pieces=True, split_digits=False, byte_fallback=True, character_coverage=0.9999,
+            max_sentence_length=4 * SPM_PIECE_BYTES, user_defined_symbols=[EOD_TOKEN],
+            bos_id=-1, eos_id=-1, unk_id=0, minloglevel=2, num_threads=os.cpu_count() or 1)
+    except RuntimeError as e:
+        raise UserError(f"sentencepiece training failed: {_first_line(e)}") from None
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tokenizer-", suffix=".model", dir=out_dir)
+    with os.fdopen(fd, "wb") as f:
+        f.write(model.getvalue())
+    os.replace(tmp, os.path.join(out_dir, "tokenizer.model"))

@@ -134,3 +134,29 @@ def test_sample_rate_floor_and_bytes_per_token_per_language(tmp_path):
     per_language = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ")]
     assert per_language == ["C", "JavaScript", "Python"]
     assert all("bytes per token" in line for line in proc.stdout.splitlines() if line.startswith("  "))
+
+
+def test_sentencepiece_trains_round_trips_and_preprocesses(tmp_path):
+    corpus = make_code_corpus(str(tmp_path / "c"), 40)
+    out = str(tmp_path / "spm")
+    proc = run_tool("--input", corpus, "--vocab-size", "400", "--output", out, "--tokenizer-type", "SPMTokenizer")
+    assert proc.returncode == 0, proc.stderr
+    assert os.listdir(out) == ["tokenizer.model"] and "bytes per token" in proc.stdout
+    tok = build_tokenizer("SPMTokenizer", os.path.join(out, "tokenizer.model"))
+    for text in TRICKY:
+        assert tok.decode(tok.encode(text)) == text
+    assert tok.decode([tok.eod]) == EOD_TOKEN and tok.vocab_size == 400
+    texts = [open(os.path.join(corpus, "pkg", f"mod{i}.py"), newline="").read() for i in range(3)]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "preprocess_data.py"), "--input", str(src),
+                           "--tokenizer-type", "SPMTokenizer", "--vocab-file", os.path.join(out, "tokenizer.model"),
+                           "--append-eod", "--output-prefix", str(tmp_path / "p")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "sentencepiece engine" in proc.stdout, proc.stderr
+    from megatron_lite.data.indexed_dataset import IndexedDataset
+
+    ds = IndexedDataset(str(tmp_path / "p_text_document"))
+    assert [tok.decode(ds[i][:-1]) for i in range(len(ds))] == texts
+    with pytest.raises(UserError, match=r"vocab-file '.*file0.c' is not a sentencepiece .model"):
+        build_tokenizer("SPMTokenizer", str(tmp_path / "c" / "file0.c"))
