@@ -19,7 +19,9 @@ class GradReducer:
     """Groups parameters into buckets of ~bucket_mb (in reverse order, the order backward produces them) and
     all-reduces a bucket asynchronously as soon as its last gradient is accumulated, while backward goes on.
 
-    Call `set_sync(True)` before the last micro batch's backward (earlier ones only accumulate), then `finish()`.
+    Gradients live in one flat buffer per bucket (views), so a bucket is reduced in place with no copies.
+    Use `zero_grad()` instead of the optimizer's; call `set_sync(True)` before the last micro batch's backward
+    (earlier ones only accumulate), then `finish()`.
     """
 
     def __init__(self, params, group, size: int, bucket_mb: float = 25.0):
@@ -34,11 +36,23 @@ class GradReducer:
                 current, nbytes = [], 0
         if current:
             self.buckets.append(current)
+        self.buffers = [torch.zeros(sum(p.numel() for p in b), dtype=b[0].dtype, device=b[0].device)
+                        for b in self.buckets]  # [bucket numel] each
         self.bucket_of = {id(p): i for i, b in enumerate(self.buckets) for p in b}
         self.pending = [0] * len(self.buckets)
         self.work = []
+        self.zero_grad()
         for p in self.params:
             p.register_post_accumulate_grad_hook(self._on_grad)
+
+    def zero_grad(self) -> None:
+        """Zero the buffers and point every .grad back at its view (an optimizer may have dropped it)."""
+        for bucket, buffer in zip(self.buckets, self.buffers):
+            buffer.zero_()
+            offset = 0
+            for p in bucket:
+                p.grad = buffer[offset:offset + p.numel()].view_as(p)
+                offset += p.numel()
 
     def set_sync(self, sync: bool) -> None:
         self.sync = sync
@@ -53,23 +67,15 @@ class GradReducer:
             self._launch(i)
 
     def _launch(self, i: int) -> None:
-        grads = [p.grad for p in self.buckets[i]]
-        flat = torch.cat([g.reshape(-1) for g in grads]).div_(self.size)  # [bucket numel]
-        self.work.append((dist.all_reduce(flat, group=self.group, async_op=True), flat, grads))
+        self.buffers[i].div_(self.size)
+        self.work.append(dist.all_reduce(self.buffers[i], group=self.group, async_op=True))
 
     def finish(self) -> None:
-        """Reduce buckets whose gradients never all arrived (unused parameters), wait, and copy back."""
+        """Reduce buckets some of whose parameters got no gradient (unused this step), then wait for all."""
         if self.sync:
             for i, left in enumerate(self.pending):
                 if left:
-                    for p in self.buckets[i]:
-                        if p.grad is None:
-                            p.grad = torch.zeros_like(p)
                     self._launch(i)
-        for work, flat, grads in self.work:
+        for work in self.work:
             work.wait()
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset:offset + g.numel()].view_as(g))
-                offset += g.numel()
         self.work, self.sync = [], False

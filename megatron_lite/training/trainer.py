@@ -117,7 +117,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.reducer:
+            self.reducer.zero_grad()  # gradients are views of its all-reduce buffers
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
         micro, gas = t.train_micro_batch_size_per_gpu, t.gradient_accumulation_steps
         # This data-parallel rank's contiguous slice of the global batch.
         first = self.state.consumed_train_samples + self.par.dp_rank * micro * gas

@@ -74,6 +74,8 @@ def _dp_reduce():
     b.load_state_dict(a.state_dict())
     reducer = GradReducer(a.parameters(), s.dp_group, s.dp_size, bucket_mb=0.05)  # several buckets
     assert len(reducer.buckets) > 2
+    a(torch.zeros(1, 1, dtype=torch.long)).sum().backward()  # leftovers that zero_grad must clear
+    reducer.zero_grad()
     torch.manual_seed(100 + s.dp_rank)  # each rank its own data
     batches = [torch.randint(0, 250, (2, CFG["seq_length"] + 1)) for _ in range(2)]
     for j, tokens in enumerate(batches):  # two micro batches: only the last one reduces
