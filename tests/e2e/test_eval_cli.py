@@ -1,7 +1,9 @@
 """eval.py from the command line: perplexity per language (one and two ranks), HumanEval, bad input."""
 
+import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -127,3 +129,40 @@ def test_bad_input_is_one_line(trained, extra, message):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="lm-eval (optional extra) is not installed")
+def test_lm_eval_harness_scores_what_eval_py_scores(tmp_path, trained):
+    """lm-eval's bits per byte of a local task (its own metric code) equals eval.py's on the same files."""
+    config, ckpt = trained
+    docs = [open(os.path.join(STDLIB, name)).read()[:2000] for name in ("colorsys.py", "json/scanner.py")]
+    (tmp_path / "files").mkdir()
+    for i, text in enumerate(docs):
+        (tmp_path / "files" / f"d{i}.py").write_text(text)
+    with open(tmp_path / "docs.jsonl", "w") as f:
+        f.writelines(json.dumps({"text": text}) + "\n" for text in docs)
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "code.yaml").write_text(f"""task: local_code
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {tmp_path / 'docs.jsonl'}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{text}}}}"
+metric_list:
+  - metric: bits_per_byte
+""")
+    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "megatron_lite.evaluation.lm_eval_adapter", "run", "--model",
+                           "megatron_lite", "--model_args", f"config={config},load={ckpt}", "--include_path",
+                           str(tmp_path / "tasks"), "--tasks", "local_code"],
+                          cwd=REPO, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = float(re.search(r"bits_per_byte\s*\|\S*\s*\|\s*([0-9.]+)", proc.stdout).group(1))
+    out = run_tool("deepy.py", "eval.py", config, "--load", ckpt, "--eval-data-dir", str(tmp_path / "files"),
+                   "--eval-context-length", "64").stdout
+    ours = float(re.search(r"overall perplexity \S+ \(([0-9.]+) bits/byte", out).group(1))
+    assert theirs == pytest.approx(ours, abs=2e-3)  # both printed rounded
