@@ -25,6 +25,12 @@ def parse_args(argv):
     p.add_argument("--workers", type=int, default=1, help="encoding processes")
     p.add_argument("--tokenizer-engine", default="auto", choices=["auto", "tiktoken", "hf"],
                    help="auto: tiktoken's engine when it gives the same ids (checked), else HF tokenizers")
+    p.add_argument("--transform", default="none", choices=["none", "sketch", "methods"],
+                   help="sketch: CERT-style sketches of Python (user names and literals anonymised); "
+                        "methods: each documented Python function as its own document (PyMT5)")
+    p.add_argument("--fim-rate", type=float, default=0.0, help="fraction of documents turned fill-in-the-middle")
+    p.add_argument("--fim-spm-rate", type=float, default=0.5, help="fraction of FIM documents in SPM order, else PSM")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the FIM draws")
     p.add_argument("--log-interval", type=int, default=100, help="documents between progress reports")
     return p.parse_args(argv)
 
@@ -39,7 +45,7 @@ def main(argv=None):
     inputs = [p for p in args.input.split(",") if p]
     result = preprocess(inputs, args.output_prefix, args.tokenizer_type, args.vocab_file, args.merge_file,
                         args.jsonl_keys, args.append_eod, args.workers, args.log_interval,
-                        args.tokenizer_engine)
+                        args.tokenizer_engine, args.transform, args.fim_rate, args.fim_spm_rate, args.seed)
     for key, prefix in result["prefixes"].items():
         print(f"{prefix}.{{bin,idx}}: {result['documents'][key]} documents")
     print(f"{result['tokens']} tokens from {result['bytes'] / 1e6:.2f} MB in {result['seconds']:.1f} s "

@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from megatron_lite.data.corpus import check_inputs, iter_labelled_texts  # noqa: E402
 from megatron_lite.data.tokenizer import (  # noqa: E402
     TOKENIZER_TYPES, build_tokenizer, save_tokenizer, train_byte_level_bpe, train_sentencepiece)
+from megatron_lite.data.transforms import FIM_TOKENS  # noqa: E402
 from megatron_lite.errors import UserError, exit_on_user_error  # noqa: E402
 
 
@@ -23,6 +24,8 @@ def parse_args(argv):
                    help="directory for tokenizer.json, vocab.json, merges.txt (or tokenizer.model for SPMTokenizer)")
     p.add_argument("--tokenizer-type", default="HFTokenizer", choices=TOKENIZER_TYPES,
                    help="HFTokenizer / GPT2BPETokenizer: byte-level BPE (both files written); SPMTokenizer: sentencepiece")
+    p.add_argument("--fim-tokens", action="store_true",
+                   help="add the fill-in-the-middle sentinels <|fim_prefix|> <|fim_middle|> <|fim_suffix|>")
     p.add_argument("--sample-rate", type=float, default=0.05, help="fraction of documents to train on (PolyCoder: 5%%)")
     p.add_argument("--min-documents", type=int, default=200,
                    help="sample at least this many documents (all of a smaller corpus)")
@@ -84,13 +87,14 @@ def main(argv=None):
     rate = sample_rate(args.input, args.jsonl_keys, args.sample_rate, args.min_documents)
     totals = {"docs": 0, "bytes": 0}
     texts = (text for text, _ in sampled_texts(args.input, args.jsonl_keys, rate, args.seed, totals))
+    special = FIM_TOKENS if args.fim_tokens else ()
     if args.tokenizer_type == "SPMTokenizer":
         texts = list(texts)  # sentencepiece needs the sample before it can say anything about emptiness
         if totals["docs"]:
-            train_sentencepiece(texts, args.vocab_size, args.output)
+            train_sentencepiece(texts, args.vocab_size, args.output, special)
         saved = ("SPMTokenizer", os.path.join(args.output, "tokenizer.model"), None)
     else:
-        tok = train_byte_level_bpe(texts, args.vocab_size)
+        tok = train_byte_level_bpe(texts, args.vocab_size, extra_special=special)
         saved = ("HFTokenizer", os.path.join(args.output, "tokenizer.json"), None)
     if totals["docs"] == 0:
         raise UserError(f"no documents to train on in {' '.join(args.input)} (empty input or sample-rate too low)")

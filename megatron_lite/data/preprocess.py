@@ -5,7 +5,7 @@ import os
 import sys
 import time
 from collections import deque
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -13,6 +13,7 @@ from megatron_lite.data.corpus import check_inputs, iter_documents
 from megatron_lite.data.fast_bpe import encoder_for
 from megatron_lite.data.indexed_dataset import IndexedDatasetBuilder, best_dtype
 from megatron_lite.data.tokenizer import build_tokenizer
+from megatron_lite.data.transforms import FIM_TOKENS, TEXT_TRANSFORMS, Segment, check_fim, fim_segments
 from megatron_lite.errors import UserError, warn_once
 
 CHUNK_DOCS = 64  # documents per encode_batch call / per task sent to a worker
@@ -51,25 +52,37 @@ def _encode_chunk(texts: List[str]) -> List[np.ndarray]:
     return [np.asarray(ids, dtype=np.int32) for ids in _worker_encode(texts)]
 
 
-def _chunks(docs: Iterator[Dict[str, str]], keys: Sequence[str]) -> Iterator[List[str]]:
-    """Flat lists of texts (document-major, then key) of up to CHUNK_DOCS documents / about CHUNK_BYTES."""
-    chunk, size = [], 0
+def _items(docs: Iterator[Dict[str, str]], keys: Sequence[str], transform: Callable[[str], List[str]]):
+    """(key, text) of every non-empty text after the text transform (which may make 0, 1 or more of one)."""
     for doc in docs:
-        chunk.extend(doc[k] for k in keys)
-        size += sum(len(doc[k]) for k in keys)
-        if len(chunk) >= CHUNK_DOCS * len(keys) or size >= CHUNK_BYTES:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
+        for k in keys:
+            for text in transform(doc[k]):
+                if text:  # an empty document adds nothing but an EOD; skip it as GPT-NeoX does
+                    yield k, text
 
 
-def _encoded(chunks: Iterator[List[str]], tokenizer_args, engine: str, workers: int):
-    """(texts, token arrays) per chunk, in input order; at most 2 x workers chunks in flight, so memory stays flat."""
+def _chunks(items, fim: Optional[Callable[[str], List[Segment]]]):
+    """(layout, texts) of up to CHUNK_DOCS items / about CHUNK_BYTES: layout is [(key, segments)], texts the
+    segments to encode, in order (a segment is a text, or a token id such as a FIM sentinel)."""
+    layout, texts, size = [], [], 0
+    for key, text in items:
+        segments = fim(text) if fim else [text]
+        layout.append((key, segments))
+        texts.extend(s for s in segments if isinstance(s, str))
+        size += len(text)
+        if len(layout) >= CHUNK_DOCS or size >= CHUNK_BYTES:
+            yield layout, texts
+            layout, texts, size = [], [], 0
+    if layout:
+        yield layout, texts
+
+
+def _encoded(chunks, tokenizer_args, engine: str, workers: int):
+    """(layout, token arrays) per chunk, in input order; at most 2 x workers chunks in flight: memory stays flat."""
     if workers == 1:
         _init_worker(tokenizer_args, engine)
-        for texts in chunks:
-            yield texts, _encode_chunk(texts)
+        for layout, texts in chunks:
+            yield layout, _encode_chunk(texts)
         return
     import multiprocessing as mp
 
@@ -79,18 +92,24 @@ def _encoded(chunks: Iterator[List[str]], tokenizer_args, engine: str, workers: 
     pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_args, engine))
     try:
         pending = deque()
-        for texts in chunks:
-            pending.append((texts, pool.apply_async(_encode_chunk, (texts,))))
+        for layout, texts in chunks:
+            pending.append((layout, pool.apply_async(_encode_chunk, (texts,))))
             if len(pending) >= 2 * workers:
-                texts, result = pending.popleft()
-                yield texts, result.get()
+                layout, result = pending.popleft()
+                yield layout, result.get()
         while pending:
-            texts, result = pending.popleft()
-            yield texts, result.get()
+            layout, result = pending.popleft()
+            yield layout, result.get()
         pool.close()
     finally:
         pool.terminate()
         pool.join()
+
+
+def _assemble(segments: List[Segment], encoded: Iterator[np.ndarray]) -> np.ndarray:
+    """One document's tokens: encoded texts and literal ids in segment order."""
+    parts = [next(encoded) if isinstance(s, str) else np.array([s], np.int32) for s in segments]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 class _Progress:
@@ -137,17 +156,31 @@ def checked_engine(tokenizer_args, engine: str, sample: List[str]) -> str:
     return chosen
 
 
+def _fim(tokenizer, vocab_file, rate: float, spm_rate: float, seed: int):
+    """The FIM segmenter (None when rate is 0): the same draws whatever the worker count, as it runs here."""
+    ids = {t: tokenizer.special_id(t) for t in FIM_TOKENS}
+    check_fim(rate, spm_rate, ids, vocab_file)
+    if rate == 0:
+        return None
+    rng = np.random.RandomState(seed)
+    return lambda text: fim_segments(text, rng, spm_rate, ids) if rng.random_sample() < rate else [text]
+
+
 def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, vocab_file: Optional[str],
                merge_file: Optional[str] = None, jsonl_keys: Sequence[str] = ("text",), append_eod: bool = False,
-               workers: int = 1, log_interval: int = 100, engine: str = "auto") -> dict:
+               workers: int = 1, log_interval: int = 100, engine: str = "auto", transform: str = "none",
+               fim_rate: float = 0.0, fim_spm_rate: float = 0.5, seed: int = 1234) -> dict:
     """Encode every non-empty document; returns counts and the written prefixes. Nothing is left on failure."""
     check_inputs(inputs)
     if workers < 1:
         raise UserError(f"workers must be at least 1, got {workers}")
     if not jsonl_keys:
         raise UserError("jsonl-keys is empty: name at least one key (default: text)")
+    if transform not in TEXT_TRANSFORMS:
+        raise UserError(f"transform '{transform}' is unknown; valid: {', '.join(TEXT_TRANSFORMS)}")
     tokenizer_args = (tokenizer_type, vocab_file, merge_file)
     tokenizer = build_tokenizer(*tokenizer_args)
+    fim = _fim(tokenizer, vocab_file, fim_rate, fim_spm_rate, seed)
     out_dir = os.path.dirname(os.path.abspath(output_prefix))
     os.makedirs(out_dir, exist_ok=True)
     prefixes = {k: output_prefix_for(output_prefix, k) for k in jsonl_keys}
@@ -157,25 +190,26 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, v
     try:
         for k in jsonl_keys:
             builders[k] = IndexedDatasetBuilder(prefixes[k], best_dtype(tokenizer.vocab_size))
-        chunks = _chunks(iter_documents(inputs, jsonl_keys), jsonl_keys)
-        first = next(chunks, [])
-        engine = checked_engine(tokenizer_args, engine, first)
-        for texts, encoded in _encoded(itertools.chain([first], chunks), tokenizer_args, engine, workers):
+        items = _items(iter_documents(inputs, jsonl_keys), jsonl_keys, TEXT_TRANSFORMS[transform])
+        chunks = _chunks(items, fim)
+        first = next(chunks, ([], []))
+        engine = checked_engine(tokenizer_args, engine, first[1])
+        for layout, encoded in _encoded(itertools.chain([first], chunks), tokenizer_args, engine, workers):
             nbytes = ntokens = 0
-            for j, (text, ids) in enumerate(zip(texts, encoded)):
-                if not text:
-                    continue  # an empty document adds nothing but an EOD; skip it as GPT-NeoX does
-                key = jsonl_keys[j % len(jsonl_keys)]
+            arrays = iter(encoded)
+            for key, segments in layout:
+                ids = _assemble(segments, arrays)
                 if append_eod:
                     ids = np.append(ids, np.int32(tokenizer.eod))
                 builders[key].add_document(ids)
                 counts[key] += 1
-                nbytes += len(text.encode("utf-8"))
+                nbytes += sum(len(s.encode("utf-8")) for s in segments if isinstance(s, str))
                 ntokens += len(ids)
-            progress.update(len(texts) // len(jsonl_keys), nbytes, ntokens)
+            progress.update(len(layout), nbytes, ntokens)
         empty = [k for k in jsonl_keys if counts[k] == 0]
         if empty:
-            raise UserError(f"no non-empty documents for key(s) {empty} in input {','.join(inputs)}")
+            raise UserError(f"no non-empty documents for key(s) {empty} in input {','.join(inputs)}"
+                            + (f" after transform '{transform}'" if transform != "none" else ""))
         for b in builders.values():
             b.finalize()
     except BaseException:

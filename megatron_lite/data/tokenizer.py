@@ -28,6 +28,10 @@ class Tokenizer:
         """The underlying `tokenizers.Tokenizer`."""
         return self._tok
 
+    def special_id(self, token: str) -> Optional[int]:
+        """The id of a special token such as a FIM sentinel, or None."""
+        return self._tok.token_to_id(token)
+
     def encode(self, text: str) -> List[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
@@ -55,6 +59,11 @@ class SentencePieceTokenizer:
         if self.eod == self._sp.unk_id():
             raise UserError(f"vocab-file '{path}' has no '{EOD_TOKEN}' piece (needed as the end-of-document id)")
         self.vocab_size = self._sp.get_piece_size()
+
+    def special_id(self, token: str) -> Optional[int]:
+        """The id of a user-defined piece such as a FIM sentinel, or None."""
+        i = self._sp.piece_to_id(token)
+        return None if i == self._sp.unk_id() else i
 
     def encode(self, text: str) -> List[int]:
         return self._sp.encode(text)
@@ -139,15 +148,15 @@ def build_tokenizer(tokenizer_type: str, vocab_file: Optional[str], merge_file: 
     raise UserError(f"tokenizer-type '{tokenizer_type}' is unknown; valid: {', '.join(TOKENIZER_TYPES)}")
 
 
-def train_byte_level_bpe(texts, vocab_size: int, length: Optional[int] = None):
-    """Train a lossless byte-level BPE (`tokenizers.Tokenizer`) with the single special token EOD_TOKEN."""
+def train_byte_level_bpe(texts, vocab_size: int, length: Optional[int] = None, extra_special=()):
+    """Train a lossless byte-level BPE (`tokenizers.Tokenizer`) with special tokens EOD_TOKEN + extra_special."""
     from tokenizers import Tokenizer as HFTok
     from tokenizers import pre_tokenizers, trainers
     from tokenizers.models import BPE
 
     tok = _byte_level(HFTok(BPE()))
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOD_TOKEN], show_progress=False,
+        vocab_size=vocab_size, special_tokens=[EOD_TOKEN, *extra_special], show_progress=False,
         # every byte is in the vocabulary, so any text (any unicode) encodes without unknown tokens
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
@@ -186,7 +195,7 @@ def _spm_pieces(texts):
             yield piece
 
 
-def train_sentencepiece(texts, vocab_size: int, out_dir: str) -> None:
+def train_sentencepiece(texts, vocab_size: int, out_dir: str, extra_special=()) -> None:
     """Train a lossless BPE sentencepiece model into out_dir/tokenizer.model (temporary name, then rename)."""
     import io
     import tempfile
@@ -200,7 +209,7 @@ def train_sentencepiece(texts, vocab_size: int, out_dir: str) -> None:
             # keep every character: no normalisation, no added or collapsed spaces, unknown bytes as byte pieces
             normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
             allow_whitespace_only_pieces=True, split_digits=False, byte_fallback=True, character_coverage=0.9999,
-            max_sentence_length=4 * SPM_PIECE_BYTES, user_defined_symbols=[EOD_TOKEN],
+            max_sentence_length=4 * SPM_PIECE_BYTES, user_defined_symbols=[EOD_TOKEN, *extra_special],
             bos_id=-1, eos_id=-1, unk_id=0, minloglevel=2, num_threads=os.cpu_count() or 1)
     except RuntimeError as e:
         raise UserError(f"sentencepiece training failed: {_first_line(e)}") from None
