@@ -301,7 +301,8 @@ def collect(inputs: Sequence[str], languages: Sequence[str] = LANGUAGES,
             on_kept: Optional[Callable[[dict, Optional[str]], None]] = None) -> Iterator[dict]:
     """Corpus records: filtered, exact duplicates (SHA-256 of the file) and near duplicates (MinHash LSH) dropped.
 
-    `on_kept(record, minhash)` sees each kept record with its base64 MinHash signature (None without near-dedup).
+    `filters` defaults to FilterSettings(max_file_bytes) (only size and secrets on); `on_kept(record, minhash)`
+    sees each kept record with its base64 MinHash signature (None without near-dedup).
     """
     stats = CorpusStats() if stats is None else stats
     filters = FilterSettings(max_file_bytes=max_file_bytes) if filters is None else filters

@@ -33,13 +33,13 @@ def make_encoder(tokenizer_args, engine: str):
     """(texts -> token lists, engine used): tiktoken's engine where it reproduces the tokenizer, else HF's."""
     tokenizer = build_tokenizer(*tokenizer_args)
     if engine != "hf":
-        fast, reason = encoder_for(tokenizer.hf) if tokenizer.hf is not None else (None, "it is not a BPE")
+        fast, reason = encoder_for(tokenizer.hf) if tokenizer.hf is not None else (None, "it is sentencepiece")
         if fast is not None:
             return (lambda texts: [fast(t) for t in texts]), "tiktoken"
         if engine == "tiktoken":
             raise UserError(f"tokenizer-engine 'tiktoken' cannot encode vocab-file '{tokenizer_args[1]}': {reason}")
     # One encode per document: with the Rust thread pool off in workers, encode_batch is slower than a loop.
-    return (lambda texts: [tokenizer.encode(t) for t in texts]), ("hf" if tokenizer.hf else "sentencepiece")
+    return (lambda texts: [tokenizer.encode(t) for t in texts]), ("hf" if tokenizer.hf is not None else "sentencepiece")
 
 
 def _init_worker(tokenizer_args, engine):
