@@ -41,6 +41,7 @@ def hf_to_ours(src: str, out: str) -> str:
     if not os.path.isfile(os.path.join(src, "config.json")):
         raise UserError(f"{src} is not a Hugging Face model directory (no config.json)")
     cfg = load_config([], ["--train-micro-batch-size-per-gpu", "1"])
+    cfg.train.gradient_accumulation_steps = cfg.train.train_batch_size = None  # left to the user's training config
     weights = load_hf_dir(src, cfg.model, cfg.data)
     cfg.model.seq_length = cfg.model.max_position_embeddings
     return write_weights_checkpoint(out, [weights], cfg, _tokenizer(cfg))

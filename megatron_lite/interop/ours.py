@@ -1,6 +1,7 @@
-"""Our checkpoint layout for converted weights: SAVE/global_stepN/model_mp_rank_XX.safetensors, config.yml, latest.
+"""Our checkpoint layout for converted weights: SAVE/global_stepN/{model_mp_rank_XX.safetensors, config.yml,
+trainer_state.json}, SAVE/latest and SAVE/tokenizer.json.
 
-Converted checkpoints hold weights only (no optimizer, RNG or trainer state): train from one with `finetune: true`.
+Converted checkpoints hold weights only (no optimizer or RNG state): train from one with `finetune: true`.
 """
 
 import os
@@ -9,7 +10,8 @@ import shutil
 from megatron_lite.config import Config
 from megatron_lite.config_loader import dump_config, load_config
 from megatron_lite.errors import UserError
-from megatron_lite.training.checkpoint import _fsync_dir, _load_tensors, _write_tensors, resolve_checkpoint
+from megatron_lite.training.checkpoint import (TrainerState, _fsync_dir, _load_tensors, _write_json, _write_tensors,
+                                               resolve_checkpoint)
 
 
 def new_output_dir(path: str) -> str:
@@ -50,6 +52,8 @@ def write_weights_checkpoint(save_dir: str, shards: list, cfg: Config, tokenizer
             _write_tensors(os.path.join(step_dir, f"model_mp_rank_{rank:02d}.safetensors"), shard)
         with open(os.path.join(step_dir, "config.yml"), "w", encoding="utf-8") as f:
             f.write(dump_config(cfg))
+        # Marks the directory as a checkpoint (so `load` may name global_stepN itself); no optimizer or RNG state.
+        _write_json(os.path.join(step_dir, "trainer_state.json"), {**TrainerState(iteration=step).__dict__, "rng": None})
         with open(os.path.join(tmp, "latest"), "w") as f:
             f.write(f"global_step{step}\n")
         publish(tmp, save_dir)

@@ -41,9 +41,10 @@ def test_round_trip_through_every_converter_is_bitwise(hf_dir, tmp_path):
     run_tool("tools/convert_checkpoint.py", "reshard", "--load", str(tmp_path / "ours"), "--tp", "2",
              "--output", str(tmp_path / "tp2"))
     tp2 = tmp_path / "tp2" / "global_step0"
-    assert sorted(os.listdir(tp2)) == ["config.yml", "model_mp_rank_00.safetensors", "model_mp_rank_01.safetensors"]
+    assert sorted(os.listdir(tp2)) == ["config.yml", "model_mp_rank_00.safetensors", "model_mp_rank_01.safetensors",
+                                       "trainer_state.json"]
     assert load_config([str(tp2 / "config.yml")], env={"WORLD_SIZE": "2"}).parallel.model_parallel_size == 2
-    run_tool("tools/convert_checkpoint.py", "to-hf", "--load", str(tmp_path / "tp2"), "--output", str(tmp_path / "hf2"))
+    run_tool("tools/convert_checkpoint.py", "to-hf", "--load", str(tp2), "--output", str(tmp_path / "hf2"))
     run_tool("tools/convert_checkpoint.py", "from-hf", "--input", str(tmp_path / "hf2"), "--output", str(tmp_path / "back"))
     first, last = weights_of(tmp_path / "ours" / "global_step0"), weights_of(tmp_path / "back" / "global_step0")
     assert set(first) == set(last) and all(torch.equal(first[k], last[k]) for k in first)
