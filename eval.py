@@ -88,11 +88,14 @@ def language_perplexity(cfg, plan, model, tokenizer, device, rank, world_size):
 def plan_humaneval(cfg):
     """(problems, given completions or None), checked before any model is loaded."""
     from megatron_lite.evaluation import humaneval as he
+    from megatron_lite.evaluation.sandbox import MAX_WORKERS
 
     e = cfg.eval
     for key in ("humaneval_num_samples", "humaneval_batch_size", "humaneval_workers", "humaneval_memory_mb"):
         if getattr(e, key) < 1:
             raise UserError(f"{key.replace('_', '-')} must be a positive integer, got {getattr(e, key)}")
+    if e.humaneval_workers > MAX_WORKERS:
+        raise UserError(f"humaneval-workers must be at most {MAX_WORKERS}, got {e.humaneval_workers}")
     if e.humaneval_cpu_timeout <= 0 or e.humaneval_wall_timeout <= 0:
         raise UserError("humaneval-cpu-timeout and humaneval-wall-timeout must be positive")
     problems = he.load_problems(e.humaneval_problem_file, e.humaneval_limit)

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from megatron_lite.errors import warn_once
 
+MAX_WORKERS = 64
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_worker.py")
 
 
@@ -62,8 +63,14 @@ class _Worker:
 class Sandbox:
     """A pool of `workers` sandbox processes executing programs; verdicts are dicts {status, detail, passed}."""
 
-    def __init__(self, workers: int, limits: SandboxLimits, cache_path: Optional[str] = None, uid_base: int = 61000):
-        self.limits, self.cache_path, self.uid_base = limits, cache_path, uid_base
+    def __init__(self, workers: int, limits: SandboxLimits, cache_path: Optional[str] = None,
+                 uid_base: Optional[int] = None):
+        if not 1 <= workers <= MAX_WORKERS:
+            raise ValueError(f"sandbox workers must be between 1 and {MAX_WORKERS}, got {workers}")
+        # Each worker's programs run as a uid of their own (as root), all killed after each program, so two
+        # runs on one machine must not share uids: the range follows our pid.
+        uid_base = 100000 + (os.getpid() % 10000) * MAX_WORKERS if uid_base is None else uid_base
+        self.limits, self.cache_path = limits, cache_path
         self.cache = load_cache(cache_path)
         self.lock = threading.Lock()
         self.idle = queue.Queue()
