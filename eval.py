@@ -98,6 +98,9 @@ def plan_humaneval(cfg):
         raise UserError(f"humaneval-workers must be at most {MAX_WORKERS}, got {e.humaneval_workers}")
     if e.humaneval_cpu_timeout <= 0 or e.humaneval_wall_timeout <= 0:
         raise UserError("humaneval-cpu-timeout and humaneval-wall-timeout must be positive")
+    if not e.humaneval_k or min(e.humaneval_k) < 1 or e.humaneval_timeout_retries < 0:
+        raise UserError(f"humaneval-k needs positive integers (got {e.humaneval_k}) and humaneval-timeout-retries "
+                        f"a count >= 0 (got {e.humaneval_timeout_retries})")
     problems = he.load_problems(e.humaneval_problem_file, e.humaneval_limit)
     if not e.humaneval_samples_file:
         return problems, None

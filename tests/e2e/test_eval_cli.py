@@ -122,6 +122,7 @@ def test_humaneval_sampling_from_a_trained_model_resumes(tmp_path, trained):
     (["--eval-files", "[eval.py]", "--eval-languages", "[Cobol]"], "eval-languages: unknown language 'Cobol'"),
     (["--eval-tasks", "[humaneval]", "--humaneval-samples-file", "/nonexistent.jsonl"],
      "humaneval-samples-file: /nonexistent.jsonl does not exist"),
+    (["--eval-tasks", "[humaneval]", "--humaneval-k", "[0, 10]"], "humaneval-k needs positive integers"),
 ])
 def test_bad_input_is_one_line(trained, extra, message):
     config, ckpt = trained
