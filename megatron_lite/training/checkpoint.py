@@ -130,9 +130,10 @@ def save_checkpoint(save_dir: str, model, optimizer, state: TrainerState, config
     if par.dp_rank == 0:
         tp = par.tp_rank
         _write_tensors(os.path.join(tmp, f"model_mp_rank_{tp:02d}.safetensors"), model.state_dict())
-        opt_tensors, opt_meta = _optimizer_to_files(optimizer)
-        _write_tensors(os.path.join(tmp, f"optim_mp_rank_{tp:02d}.safetensors"), opt_tensors)
-        _write_json(os.path.join(tmp, f"optim_mp_rank_{tp:02d}.json"), opt_meta)
+        if optimizer is not None:
+            opt_tensors, opt_meta = _optimizer_to_files(optimizer)
+            _write_tensors(os.path.join(tmp, f"optim_mp_rank_{tp:02d}.safetensors"), opt_tensors)
+            _write_json(os.path.join(tmp, f"optim_mp_rank_{tp:02d}.json"), opt_meta)
     rng_tensors, rng_meta = rng_state()
     _write_tensors(os.path.join(tmp, f"rng_rank_{par.rank:02d}.safetensors"), rng_tensors)
     par.barrier()  # every rank's files are complete before the directory moves into place

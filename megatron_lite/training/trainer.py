@@ -20,6 +20,7 @@ from megatron_lite.data.blended_dataset import datasets_from_config
 from megatron_lite.errors import UserError
 from megatron_lite.model.gpt import GPTModel, count_parameters, flops_per_token
 from megatron_lite.parallel import state as parallel_state
+from megatron_lite.parallel import zero
 from megatron_lite.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megatron_lite.parallel.data_parallel import GradReducer
 from megatron_lite.parallel.random import TRACKER
@@ -102,6 +103,7 @@ class Trainer:
             self.state = load_checkpoint(t.load, self.model, self.optimizer, self.par, weights_only=t.finetune)
             if self.state.loss_scaler:
                 self.scaler.load_state_dict(self.state.loss_scaler)
+        self.engine = self._zero_engine() if cfg.optim.zero_stage > 0 and self.par.dp_size > 1 else None
         self.last_saved = self.state.iteration if t.load and self.state.iteration else None
         peak, self.peak_source = peak_tflops(self.device, DTYPES[cfg.precision.precision], cfg.log.peak_tflops)
         self.throughput = Throughput(flops_per_token(cfg.model, cfg.model.seq_length), peak)
@@ -110,20 +112,51 @@ class Trainer:
         if self.metrics_file:
             _check_writable(cfg.log.log_dir, "log-dir")
 
+    def _zero_engine(self):
+        """DeepSpeed takes over gradient reduction, clipping and the optimizer step (ZeRO stages 1-3)."""
+        cfg = self.cfg
+        stage = f"zero_optimization stage {cfg.optim.zero_stage}"
+        if self.par.tp_size > 1:
+            raise UserError(f"{stage} with model-parallel-size {self.par.tp_size} is not supported: use one of them")
+        if cfg.precision.precision == "fp16":
+            raise UserError(f"{stage} runs fp32 or bf16 here; fp16 loss scaling under ZeRO is not supported")
+        if cfg.train.load and not cfg.train.finetune:
+            raise UserError(f"{stage}: resuming the sharded optimizer state is not supported; "
+                            "set 'finetune: true' to start from the checkpoint's weights")
+        self.reducer = None
+        return zero.initialize(self.model, self.optimizer, cfg.optim, cfg.train)
+
+    def _zero_step(self, first: int) -> tuple:
+        """Micro batches through the DeepSpeed engine: (summed loss, gradient norm before clipping)."""
+        micro, gas = self.cfg.train.train_micro_batch_size_per_gpu, self.cfg.train.gradient_accumulation_steps
+        self.engine.train()
+        total = torch.zeros((), device=self.device)
+        for j in range(gas):
+            tokens = get_batch(self.train_data, first + j * micro, micro, self.device)
+            loss = lm_loss(self.engine, tokens, self.device, self.cfg.precision.precision)
+            self.engine.backward(loss)  # scaled by 1/gas inside; reduces at the accumulation boundary
+            self.engine.step()  # steps (and clips) only at the boundary
+            total += loss.detach()
+        return total, float(self.engine.get_global_grad_norm())
+
     def train_step(self) -> dict:
         """One optimizer step over gradient_accumulation_steps micro batches."""
         t, precision = self.cfg.train, self.cfg.precision.precision
         lr = self.schedule(self.state.iteration + 1)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        # This data-parallel rank's contiguous slice of the global batch.
+        first = self.state.consumed_train_samples + self.par.dp_rank * t.train_micro_batch_size_per_gpu * \
+            t.gradient_accumulation_steps
+        if self.engine:
+            total, grad_norm = self._zero_step(first)
+            return self._finish_step(total, lr, grad_norm)
         self.model.train()
         if self.reducer:
             self.reducer.zero_grad()  # gradients are views of its all-reduce buffers
         else:
             self.optimizer.zero_grad(set_to_none=True)
         micro, gas = t.train_micro_batch_size_per_gpu, t.gradient_accumulation_steps
-        # This data-parallel rank's contiguous slice of the global batch.
-        first = self.state.consumed_train_samples + self.par.dp_rank * micro * gas
         total = torch.zeros((), device=self.device)
         for j in range(gas):
             if self.reducer:
@@ -145,10 +178,15 @@ class Trainer:
         else:
             self.optimizer.step()
         self.scaler.update(overflow)
+        return self._finish_step(total, lr, grad_norm)
+
+    def _finish_step(self, total: torch.Tensor, lr: float, grad_norm: float) -> dict:
+        t = self.cfg.train
         self.state.iteration += 1
         self.state.consumed_train_samples += t.train_batch_size
         self.throughput.add(t.train_batch_size * self.cfg.model.seq_length)
-        return {"loss": dp_mean(total / gas, self.par).item(), "lr": lr, "grad_norm": grad_norm, "loss_scale": self.scaler.scale}
+        loss = dp_mean(total / t.gradient_accumulation_steps, self.par).item()
+        return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "loss_scale": self.scaler.scale}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -169,8 +207,10 @@ class Trainer:
         if not t.save or self.last_saved == self.state.iteration:
             return
         self.state.loss_scaler = self.scaler.state_dict()
-        save_checkpoint(t.save, self.model, self.optimizer, self.state, dump_config(self.cfg),
-                        keep_last=t.keep_last_n_checkpoints, par=self.par)
+        # Under ZeRO each rank holds only part of the optimizer state: the checkpoint keeps the weights.
+        with zero.full_parameters(self.engine, self.cfg.optim.zero_stage) if self.engine else contextlib.nullcontext():
+            save_checkpoint(t.save, self.model, None if self.engine else self.optimizer, self.state,
+                            dump_config(self.cfg), keep_last=t.keep_last_n_checkpoints, par=self.par)
         self.last_saved = self.state.iteration
 
     def log(self, record: dict) -> None:
