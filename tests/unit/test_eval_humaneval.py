@@ -76,3 +76,16 @@ def test_sampling_resumes_where_it_stopped_and_samples_the_same(tmp_path, proble
     assert len({s["completion"] for s in first}) > 1  # sampled, not one repeated string
     fewer = he.generate_samples(generator, problems[:2], 2, 3, str(resumed), seed=7)  # n=2 of what is there
     assert fewer == [s for p in problems[:2] for s in [x for x in first if x["task_id"] == p["task_id"]][:2]]
+
+
+def test_one_and_eight_workers_give_identical_humaneval_verdicts(problems):
+    samples = [{"task_id": p["task_id"], "completion": p["canonical_solution"]} for p in problems]
+    samples += [{"task_id": p["task_id"], "completion": "    return None\n"} for p in problems[:20]]
+    samples += [{"task_id": p["task_id"], "completion": "    while True:\n        pass\n"} for p in problems[:2]]
+    runs = []
+    for workers in (1, 8):
+        with Sandbox(workers, SandboxLimits(cpu_timeout=1.0)) as sandbox:
+            result = he.evaluate(problems, samples, sandbox, [1])
+        runs.append([(r["status"], r["detail"]) for r in result["results"]])
+    assert runs[0] == runs[1]
+    assert [s for s, _ in runs[0][-2:]] == ["timed out", "timed out"]
