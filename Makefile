@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install torch==$(TORCH_VERSION)
-	$(PY) -m pip install -e ".[test,bench,deepspeed]"
+	$(PY) -m pip install -e ".[test,bench,deepspeed,mpi]"
 	touch $@
 
 demo: install

@@ -47,11 +47,17 @@ def get() -> ParallelState:
 
 
 def env_world() -> tuple:
-    """(rank, world_size, local_rank) from torchrun's variables or, under mpirun, from Open MPI's."""
+    """(rank, world_size, local_rank) from torchrun's variables or, under deepy's mpirun, from mpi4py."""
     env = os.environ
-    if "RANK" not in env and "OMPI_COMM_WORLD_RANK" in env:
-        return (int(env["OMPI_COMM_WORLD_RANK"]), int(env["OMPI_COMM_WORLD_SIZE"]),
-                int(env.get("OMPI_COMM_WORLD_LOCAL_RANK", 0)))
+    if env.get("MEGATRON_LITE_MPI") == "1" and "RANK" not in env:
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            raise UserError("launcher 'mpirun' needs mpi4py: pip install -e '.[mpi]'") from None
+        comm = MPI.COMM_WORLD
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+        # The rest of the program (and warn_once) reads these like under torchrun.
+        env.update(RANK=str(comm.Get_rank()), WORLD_SIZE=str(comm.Get_size()), LOCAL_RANK=str(local))
     return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
 
 

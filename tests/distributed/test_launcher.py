@@ -80,3 +80,14 @@ def test_hostfile_errors_name_the_line_and_host(tmp_path):
     with pytest.raises(UserError, match="'node3' is not in hostfile"):
         read_hostfile(str(bad), include="node3")
     assert read_hostfile(str(bad), exclude="node1") == [("node2", 2)]
+
+
+def test_mpirun_launch_trains_like_torchrun(micro_config, tmp_path):
+    pytest.importorskip("mpi4py", reason="mpirun launches need the optional 'mpi' extra")
+    common = [micro_config, "--train-iters", "2", "--eval-interval", "2", "--log-interval", "1",
+              "--gradient-accumulation-steps", "1", "--num-procs", "2"]
+    run_tool("deepy.py", "train.py", *common, "--launcher", "mpirun", "--master-port", str(free_port()),
+             "--log-dir", str(tmp_path / "mpi"), "--save", str(tmp_path / "c_mpi"), timeout=240)
+    run_tool("deepy.py", "train.py", *common, "--log-dir", str(tmp_path / "torchrun"),
+             "--save", str(tmp_path / "c_torchrun"), timeout=240)
+    assert losses(tmp_path / "mpi") == pytest.approx(losses(tmp_path / "torchrun"), rel=1e-6)
