@@ -165,6 +165,9 @@ def load_hf_dir(path: str, model_cfg: ModelConfig, data_cfg: DataConfig) -> dict
 
 def save_hf_dir(out: str, weights: dict, cfg: ModelConfig, tokenizer) -> None:
     """Write config.json, model.safetensors and tokenizer files that transformers loads offline (atomically)."""
+    if tokenizer.hf is None:
+        raise UserError("exporting a sentencepiece tokenizer to Hugging Face is not supported; "
+                        "only tokenizers-library tokenizers (HFTokenizer, GPT2BPETokenizer) are")
     tmp = new_output_dir(out)
     try:
         eod_id = tokenizer.eod
@@ -174,8 +177,7 @@ def save_hf_dir(out: str, weights: dict, cfg: ModelConfig, tokenizer) -> None:
             json.dump({"bos_token_id": eod_id, "eos_token_id": eod_id}, f, indent=2)
         tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in to_hf(weights).items()}
         save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-        # The wrapped tokenizers object is exactly what we encode with, whichever files it was built from.
-        tokenizer._tok.save(os.path.join(tmp, "tokenizer.json"))
+        tokenizer.hf.save(os.path.join(tmp, "tokenizer.json"))  # exactly what we encode with
         with open(os.path.join(tmp, "tokenizer_config.json"), "w", encoding="utf-8") as f:
             json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOD, "eos_token": EOD,
                        "unk_token": EOD, "model_max_length": cfg.max_position_embeddings,

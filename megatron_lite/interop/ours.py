@@ -1,5 +1,5 @@
 """Our checkpoint layout for converted weights: SAVE/global_stepN/{model_mp_rank_XX.safetensors, config.yml,
-trainer_state.json}, SAVE/latest and SAVE/tokenizer.json.
+trainer_state.json}, SAVE/latest and the tokenizer (SAVE/tokenizer.json or tokenizer.model).
 
 Converted checkpoints hold weights only (no optimizer or RNG state): train from one with `finetune: true`.
 """
@@ -35,17 +35,15 @@ def publish(tmp: str, path: str) -> None:
 
 
 def write_weights_checkpoint(save_dir: str, shards: list, cfg: Config, tokenizer, step: int = 0) -> str:
-    """Write a weights-only checkpoint (one safetensors file per tensor-parallel rank) with its tokenizer as
-    SAVE/tokenizer.json, atomically; config.yml names that tokenizer."""
+    """Write a weights-only checkpoint (one safetensors file per tensor-parallel rank) with its tokenizer,
+    atomically; config.yml names that tokenizer."""
     if tokenizer.vocab_size > cfg.model.padded_vocab_size:
         raise UserError(f"the tokenizer ({cfg.data.vocab_file}) has {tokenizer.vocab_size} tokens but the model's "
                         f"vocabulary is {cfg.model.padded_vocab_size}: pass the tokenizer the model was trained with")
     cfg.parallel.model_parallel_size = len(shards)
-    cfg.data.tokenizer_type, cfg.data.merge_file = "HFTokenizer", None
-    cfg.data.vocab_file = os.path.join(os.path.abspath(save_dir), "tokenizer.json")
     tmp = new_output_dir(save_dir)
     try:
-        tokenizer._tok.save(os.path.join(tmp, "tokenizer.json"))  # the tokenizers object we encode with
+        _copy_tokenizer(tokenizer, cfg, tmp, os.path.abspath(save_dir))
         step_dir = os.path.join(tmp, f"global_step{step}")
         os.makedirs(step_dir)
         for rank, shard in enumerate(shards):
@@ -61,6 +59,17 @@ def write_weights_checkpoint(save_dir: str, shards: list, cfg: Config, tokenizer
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return os.path.join(save_dir, f"global_step{step}")
+
+
+def _copy_tokenizer(tokenizer, cfg: Config, tmp: str, final: str) -> None:
+    """Save the tokenizer next to the checkpoint and point the config's tokenizer keys at it."""
+    if tokenizer.hf is None:  # sentencepiece: its .model file is the whole tokenizer
+        name, cfg.data.tokenizer_type = "tokenizer.model", "SPMTokenizer"
+        shutil.copyfile(cfg.data.vocab_file, os.path.join(tmp, name))
+    else:  # the tokenizers object we encode with, whichever files it was built from
+        name, cfg.data.tokenizer_type = "tokenizer.json", "HFTokenizer"
+        tokenizer.hf.save(os.path.join(tmp, name))
+    cfg.data.vocab_file, cfg.data.merge_file = os.path.join(final, name), None
 
 
 def read_weights_checkpoint(path: str):

@@ -1,10 +1,16 @@
-"""Tensor-parallel split/merge: round trips, the partition contract, and errors on inconsistent shards."""
+"""Tensor-parallel split/merge: round trips, the partition contract, errors on inconsistent shards; the reshard tool."""
+
+import inspect
 
 import pytest
 import torch
 
 from megatron_lite.config import ModelConfig
+from megatron_lite.config_loader import load_config
+from megatron_lite.data.tokenizer import build_tokenizer, train_sentencepiece
 from megatron_lite.errors import UserError
+from megatron_lite.interop.convert import ours_to_hf, reshard_ours
+from megatron_lite.interop.ours import read_weights_checkpoint, write_weights_checkpoint
 from megatron_lite.model.gpt import GPTModel
 from megatron_lite.parallel.reshard import merge_tp_shards, partition_dim, reshard, split_tp
 
@@ -64,3 +70,26 @@ def test_merge_refuses_disagreeing_replicas_and_missing_names():
 def test_split_refuses_indivisible_sizes():
     with pytest.raises(UserError, match="not divisible by tensor-parallel size 3"):
         split_tp(full_state(), 3)
+
+
+def test_reshard_tool_keeps_weights_and_a_sentencepiece_tokenizer(tmp_path):
+    """Converted checkpoints carry their tokenizer: sentencepiece as tokenizer.model (to-hf refuses it clearly)."""
+    train_sentencepiece([inspect.getsource(torch.nn.modules.module)], 500, str(tmp_path / "spm"))
+    cfg = load_config([], ["--train-micro-batch-size-per-gpu", "1", "--tokenizer-type", "SPMTokenizer",
+                           "--vocab-file", str(tmp_path / "spm" / "tokenizer.model"), "--hidden-size", "32",
+                           "--padded-vocab-size", "512", "--max-position-embeddings", "16",
+                           "--seq-length", "16"])
+    torch.manual_seed(0)
+    full = GPTModel(cfg.model).state_dict()
+    tok = build_tokenizer(cfg.data.tokenizer_type, cfg.data.vocab_file)
+    write_weights_checkpoint(str(tmp_path / "tp1"), [full], cfg, tok, step=3)
+    reshard_ours(str(tmp_path / "tp1"), 2, str(tmp_path / "tp2"))
+    cfg2, shards = read_weights_checkpoint(str(tmp_path / "tp2"))
+    assert cfg2.parallel.model_parallel_size == 2 and cfg2.data.tokenizer_type == "SPMTokenizer"
+    assert cfg2.data.vocab_file == str(tmp_path / "tp2" / "tokenizer.model")
+    assert (tmp_path / "tp2" / "latest").read_text().strip() == "global_step3"
+    merged = merge_tp_shards(shards)
+    assert all(torch.equal(merged[k], full[k]) for k in full)
+    with pytest.raises(UserError, match="sentencepiece tokenizer to Hugging Face is not supported"):
+        ours_to_hf(str(tmp_path / "tp2"), str(tmp_path / "hf"))
+    assert not (tmp_path / "hf").exists()
