@@ -133,6 +133,9 @@ def humaneval(cfg, plan, model, tokenizer):
                            retries=e.humaneval_timeout_retries)
     cache = e.humaneval_cache or (f"{prefix}_humaneval_cache.jsonl" if prefix else None)
     with Sandbox(e.humaneval_workers, limits, cache) as sandbox:
+        print(f"sandbox: {e.humaneval_workers} workers, {limits.cpu_timeout} CPU s, {limits.memory_mb} MiB, "
+              f"{'a uid of its own per worker' if os.geteuid() == 0 else 'our uid'}, "
+              f"{'an empty network namespace' if sandbox.network_isolated else 'socket functions removed'}")
         result = he.evaluate(problems, samples, sandbox, e.humaneval_k)
     scores = "  ".join(f"{k} {v:.4f}" for k, v in result["pass_at_k"].items())
     print(f"humaneval {scores} ({result['passed']} of {result['samples']} samples passed, {result['tasks']} tasks)")
