@@ -39,7 +39,7 @@ def main(argv):
     world = launcher.world_size(pcfg)
     os.environ["WORLD_SIZE"] = str(world)
     load_config_from_argv(args)  # validate now, at the real world size; each process loads it again
-    if world == 1 and pcfg.launcher == "torchrun":
+    if world == 1 and pcfg.launcher in ("torchrun", "pdsh"):
         os.execv(sys.executable, [sys.executable, script, *args])
     sys.exit(launcher.run_nodes(launcher.commands(pcfg, script, args)))
 

@@ -54,7 +54,7 @@ class ParallelConfig:
     hostfile: Optional[str] = opt(None, "deepy.py: file of 'host slots=N' lines; one torchrun node per host")
     include: Optional[str] = opt(None, "deepy.py: comma-separated hosts of the hostfile to use (default: all)")
     exclude: Optional[str] = opt(None, "deepy.py: comma-separated hosts of the hostfile to leave out")
-    launcher: str = opt("torchrun", "deepy.py: torchrun | mpirun (needs the mpi extra)")
+    launcher: str = opt("torchrun", "deepy.py: torchrun (GPT-NeoX's pdsh: the same, over ssh) | mpirun / openmpi")
     master_addr: Optional[str] = opt(None, "rendezvous host (default: the first host, or 127.0.0.1)")
     master_port: int = opt(29500, "rendezvous port")
     distributed_timeout: int = opt(300, "seconds a collective may wait for a lost rank before the job fails")

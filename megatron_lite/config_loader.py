@@ -35,7 +35,6 @@ NO_EFFECT_KEYS = {
     "use_wandb": "Weights & Biases logging is not supported (TensorBoard is)",
     "wandb_project": "Weights & Biases logging is not supported (TensorBoard is)",
     "wandb_group": "Weights & Biases logging is not supported (TensorBoard is)",
-    "launcher": "deepy.py launches processes itself",
     "deepspeed_mpi": "deepy.py launches processes itself",
     "memory_profiling": "a GPT-NeoX profiling switch",
 }
@@ -62,7 +61,7 @@ CHOICES = {
     "lr_decay_style": ("cosine", "linear", "constant", "inverse_square_root"),
     "precision": ("fp32", "fp16", "bf16"),
     "text_gen_type": ("unconditional", "input-file", "interactive"),
-    "launcher": ("torchrun", "mpirun"),
+    "launcher": ("torchrun", "pdsh", "mpirun", "openmpi"),  # GPT-NeoX's pdsh / openmpi map to ours
     "eval_split": ("valid", "test"),
 }
 

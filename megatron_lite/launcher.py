@@ -75,7 +75,7 @@ def torchrun(nnodes: int, node_rank: int, nproc: int, addr: str, port: int, scri
 
 def commands(cfg: ParallelConfig, script: str, args) -> List[List[str]]:
     """One command per node (or a single mpirun command)."""
-    if cfg.launcher == "mpirun":
+    if cfg.launcher in ("mpirun", "openmpi"):
         if cfg.hostfile:
             raise UserError("key 'launcher': mpirun with a hostfile is not supported here; use torchrun")
         return [mpirun_command(procs_per_node(cfg), cfg, script, args)]

@@ -14,8 +14,12 @@ def estimate_training_bytes(cfg: Config, num_params: int) -> dict:
     """Per-process bytes for weights, gradients, Adam state and activations (a deliberately rough estimate)."""
     m, t, p = cfg.model, cfg.train, cfg.parallel
     local_params = num_params / p.model_parallel_size
-    weights = grads = 4 * local_params  # fp32 master weights and gradients (autocast computes in 16-bit)
-    optimizer = 8 * local_params / (p.data_parallel_size if cfg.optim.zero_stage >= 1 else 1)
+    stage, dp = cfg.optim.zero_stage, p.data_parallel_size
+    # fp32 master weights and gradients (autocast computes in 16-bit); ZeRO shards Adam state from stage 1,
+    # gradients from stage 2 and weights at stage 3 over the data-parallel ranks.
+    optimizer = 8 * local_params / (dp if stage >= 1 else 1)
+    grads = 4 * local_params / (dp if stage >= 2 else 1)
+    weights = 4 * local_params / (dp if stage >= 3 else 1)
     b, s, h, a, L = t.train_micro_batch_size_per_gpu, m.seq_length, m.hidden_size, m.num_attention_heads, m.num_layers
     act_bytes = 2 if cfg.precision.precision != "fp32" else 4
     # Korthikanti et al. 2022: ~34*s*b*h (+5*a*s^2*b for materialised attention scores) 16-bit bytes per layer.
