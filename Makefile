@@ -39,6 +39,7 @@ bench: install
 	$(PY) bench/hf_load.py
 	$(PY) bench/humaneval_exec.py
 	$(PY) bench/preprocess_throughput.py
+	$(PY) bench/scaling.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) checkpoints runs
