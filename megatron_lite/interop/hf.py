@@ -41,6 +41,8 @@ def hf_config(cfg: ModelConfig, eod_id: int) -> dict:
         "layer_norm_eps": cfg.layernorm_epsilon,
         "rope_parameters": {"rope_type": "default", "rope_theta": float(cfg.rotary_emb_base),
                             "partial_rotary_factor": cfg.rotary_pct},
+        "rotary_pct": cfg.rotary_pct,  # the same settings as transformers 4.x reads them (its default pct is 0.25)
+        "rotary_emb_base": cfg.rotary_emb_base,
         "use_parallel_residual": cfg.gpt_j_residual,
         "tie_word_embeddings": not cfg.no_weight_tying,
         "attention_bias": True,
