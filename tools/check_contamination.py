@@ -4,7 +4,6 @@
 import argparse
 import base64
 import hashlib
-import json
 import os
 import sys
 
@@ -12,8 +11,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_lite.data.corpus import check_inputs, iter_jsonl, read_source, walk_source_files  # noqa: E402
+from megatron_lite.data.corpus import check_inputs, read_source, walk_source_files  # noqa: E402
 from megatron_lite.data.dedup import NUM_PERM, MinHashLSH, minhash  # noqa: E402
+from megatron_lite.data.jsonl import iter_jsonl  # noqa: E402
 from megatron_lite.data.languages import language_of  # noqa: E402
 from megatron_lite.errors import UserError, exit_on_user_error  # noqa: E402
 

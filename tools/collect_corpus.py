@@ -9,8 +9,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_lite.data.corpus import (  # noqa: E402
-    DEFAULT_EXCLUDE_DIRS, DEFAULT_MAX_FILE_BYTES, CorpusStats, check_inputs, collect, open_binary)
+    DEFAULT_EXCLUDE_DIRS, DEFAULT_MAX_FILE_BYTES, CorpusStats, check_inputs, collect)
 from megatron_lite.data.filters import SECRET_MODES, FilterSettings, lexical_token_count  # noqa: E402
+from megatron_lite.data.jsonl import open_binary  # noqa: E402
 from megatron_lite.data.languages import parse_languages  # noqa: E402
 from megatron_lite.errors import UserError, exit_on_user_error  # noqa: E402
 

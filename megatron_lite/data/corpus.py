@@ -1,16 +1,14 @@
 """Reading corpora (source trees, git checkouts, jsonl / jsonl.zst / json.gz) and collecting one deduplicated corpus."""
 
 import base64
-import gzip
 import hashlib
-import io
-import json
 import os
 from collections import Counter, defaultdict
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from megatron_lite.data.dedup import MinHashLSH, minhash
 from megatron_lite.data.filters import FilterSettings, apply_filters, lexical_token_count
+from megatron_lite.data.jsonl import iter_jsonl
 from megatron_lite.data.languages import LANGUAGES, language_of
 from megatron_lite.errors import UserError
 
@@ -31,58 +29,6 @@ def check_inputs(inputs: Sequence[str], key: str = "input") -> List[str]:
         if not path.endswith(JSONL_SUFFIXES):
             raise UserError(f"{key} '{path}' is neither a directory nor a {' / '.join(JSONL_SUFFIXES)} file")
     return list(inputs)
-
-
-def open_binary(path: str, mode: str = "rb"):
-    """A file object that (de)compresses .zst and .gz by name; 'rb' or 'wb'."""
-    if path.endswith(".zst"):
-        import zstandard
-
-        raw = open(path, mode)
-        if mode == "rb":
-            return _ZstdReader(raw)
-        return zstandard.ZstdCompressor(level=10).stream_writer(raw, closefd=True)
-    if path.endswith(".gz"):
-        return gzip.open(path, mode)
-    return open(path, mode)
-
-
-class _ZstdReader(io.RawIOBase):
-    """Decompresses one or more zstd frames; a file that ends inside a frame raises EOFError, not a short read."""
-
-    def __init__(self, raw):
-        import zstandard
-
-        self._raw, self._new, self._error = raw, zstandard.ZstdDecompressor().decompressobj, zstandard.ZstdError
-        self._d, self._pending, self._started = self._new(), b"", False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        while not self._pending:
-            chunk = self._raw.read(1 << 20)
-            if not chunk:
-                if self._started and not self._d.eof:
-                    raise EOFError("the file ends inside a zstd frame (truncated)")
-                return 0
-            while chunk:
-                if self._d.eof:  # the next frame of a multi-frame file
-                    self._d = self._new()
-                self._started = True
-                try:
-                    self._pending += self._d.decompress(chunk)
-                except self._error as e:
-                    raise ValueError(f"corrupt zstd data: {e}") from None
-                chunk = self._d.unused_data if self._d.eof else b""
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-    def close(self):
-        self._raw.close()
-        super().close()
 
 
 def walk_source_files(root: str, exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS) -> Iterator[Tuple[str, str]]:
@@ -122,34 +68,6 @@ def read_source(path: str, max_bytes: Optional[int] = None) -> Tuple[Optional[st
         return data.decode("utf-8"), ""  # bytes -> str keeps CRLF and every other byte as it is
     except UnicodeDecodeError:
         return None, "not-utf8"
-
-
-def iter_jsonl(path: str) -> Iterator[Tuple[int, dict]]:
-    """(line number, record) for each non-blank line; a line that is not a JSON object -> UserError."""
-    try:
-        f = open_binary(path)
-    except OSError as e:
-        raise UserError(f"cannot read input '{path}': {e.strerror}") from None
-    with f:
-        lines = io.BufferedReader(f, 1 << 20) if isinstance(f, _ZstdReader) else f
-        lineno = 0
-        while True:
-            try:
-                line = lines.readline()
-            except (OSError, EOFError, ValueError) as e:  # zstd / gzip errors of a corrupt or truncated file
-                raise UserError(f"{path}: cannot decompress after line {lineno} ({str(e).splitlines()[0]})") from None
-            if not line:
-                break
-            lineno += 1
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({str(e).splitlines()[0]})") from None
-            if not isinstance(record, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            yield lineno, record
 
 
 def iter_documents(inputs: Sequence[str], keys: Sequence[str] = ("text",),

@@ -6,7 +6,7 @@ import io
 import keyword
 import textwrap
 import tokenize
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Union
 
 FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"
 FIM_TOKENS = (FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX)

@@ -78,7 +78,8 @@ def test_blend_config_errors(tmp_path, change, message):
 
 def test_merge_datasets_tool(tmp_path):
     (tmp_path / "in").mkdir()
-    a, b = make(tmp_path / "in" / "a", 1, docs=3), make(tmp_path / "in" / "b", 2, docs=4, length=7)
+    make(tmp_path / "in" / "a", 1, docs=3)
+    make(tmp_path / "in" / "b", 2, docs=4, length=7)
     proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "merge_datasets.py"), "--input",
                            str(tmp_path / "in"), "--output-prefix", str(tmp_path / "m")],
                           capture_output=True, text=True, timeout=60)

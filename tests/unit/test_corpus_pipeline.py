@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import zstandard
 
-from megatron_lite.data.corpus import CorpusStats, collect, iter_jsonl
+from megatron_lite.data.corpus import CorpusStats, collect
 from megatron_lite.data.dedup import MinHashLSH, jaccard_estimate, lsh_bands, minhash, shingle_hashes
 from megatron_lite.data.filters import REDACTED, FilterSettings, apply_filters, find_secrets, is_generated
+from megatron_lite.data.jsonl import iter_jsonl
 from megatron_lite.data.languages import header_language, language_of
-from megatron_lite.errors import UserError
 from tests.conftest import REPO, STDLIB
 
 CODE = open(os.path.join(STDLIB, "json", "decoder.py"), encoding="utf-8").read()

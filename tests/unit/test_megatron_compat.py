@@ -1,6 +1,5 @@
 """Our .bin/.idx and megatron-core's IndexedDataset read each other's files; both builders write the same bytes."""
 
-import os
 import warnings
 
 import numpy as np

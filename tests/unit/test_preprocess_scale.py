@@ -31,7 +31,7 @@ def setup(tmp_path_factory):
     tok = str(root / "tok")
     save_tokenizer(train_byte_level_bpe(texts, 1000), tok)
     # CRLF, tabs and trailing spaces in every copy, which must all come back.
-    texts = [t.replace("\n", "\r\n", 3) + f"\t# copy  \n" for t in texts]
+    texts = [t.replace("\n", "\r\n", 3) + "\t# copy  \n" for t in texts]
     inputs = {}
     for scale in (1, 10):
         copies = 3 * scale
