@@ -113,32 +113,48 @@ def _assemble(segments: List[Segment], encoded: Iterator[np.ndarray]) -> np.ndar
 
 
 class _Progress:
-    """A tqdm bar on a terminal; otherwise one stdout line per log_interval documents (stderr stays for errors)."""
+    """A tqdm bar over input bytes (ETA when the input size is known: plain files), with documents/s and MB/s;
+    without a terminal, one stdout line per log_interval documents (stderr stays for errors)."""
 
-    def __init__(self, log_interval: int):
+    def __init__(self, log_interval: int, total_bytes: Optional[int]):
         from tqdm import tqdm
 
-        self.bar = tqdm(unit="doc", desc="encode", disable=None, file=sys.stderr)
-        self.interval, self.start = max(1, log_interval), time.time()
+        self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="encode", disable=None, file=sys.stderr)
+        self.interval, self.start, self.total = max(1, log_interval), time.time(), total_bytes
         self.docs = self.bytes = self.tokens = 0
 
     def rates(self) -> str:
         dt = max(time.time() - self.start, 1e-9)
         return f"{self.docs / dt:.1f} docs/s, {self.bytes / dt / 1e6:.2f} MB/s"
 
+    def eta(self) -> str:
+        if not self.total or not self.bytes:
+            return ""
+        left = max(self.total - self.bytes, 0) * (time.time() - self.start) / self.bytes
+        return f", ETA {int(left) // 60}:{int(left) % 60:02d}"
+
     def update(self, docs: int, nbytes: int, tokens: int):
         crossed = (self.docs + docs) // self.interval > self.docs // self.interval
         self.docs, self.bytes, self.tokens = self.docs + docs, self.bytes + nbytes, self.tokens + tokens
         if self.bar.disable:
             if crossed:
-                print(f"processed {self.docs} documents ({self.rates()})", flush=True)
+                print(f"processed {self.docs} documents ({self.rates()}{self.eta()})", flush=True)
         else:
-            self.bar.update(docs)
+            self.bar.update(min(nbytes, max(self.bar.total - self.bar.n, 0)) if self.bar.total else nbytes)
             if crossed:
-                self.bar.set_postfix_str(f"{self.bytes / max(time.time() - self.start, 1e-9) / 1e6:.2f} MB/s")
+                self.bar.set_postfix_str(f"{self.docs / max(time.time() - self.start, 1e-9):.1f} docs/s")
 
-    def close(self):
+    def close(self, complete: bool = False):
+        if complete and self.bar.total:  # text bytes undercount the file (JSON escapes): the input is all read
+            self.bar.update(self.bar.total - self.bar.n)
         self.bar.close()
+
+
+def _input_bytes(inputs: Sequence[str]) -> Optional[int]:
+    """Total size of the inputs when they are all plain files (a compressed or directory size says little)."""
+    if all(os.path.isfile(p) and p.endswith(".jsonl") for p in inputs):
+        return sum(os.path.getsize(p) for p in inputs)
+    return None
 
 
 def checked_engine(tokenizer_args, engine: str, sample: List[str]) -> str:
@@ -185,7 +201,7 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, v
     os.makedirs(out_dir, exist_ok=True)
     prefixes = {k: output_prefix_for(output_prefix, k) for k in jsonl_keys}
     builders = {}
-    progress = _Progress(log_interval)
+    progress = _Progress(log_interval, _input_bytes(inputs))
     counts = {k: 0 for k in jsonl_keys}
     try:
         for k in jsonl_keys:
@@ -212,6 +228,7 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, v
                             + (f" after transform '{transform}'" if transform != "none" else ""))
         for b in builders.values():
             b.finalize()
+        progress.close(complete=True)
     except BaseException:
         for b in builders.values():
             b.abort()
