@@ -72,6 +72,11 @@ def bytes_per_token(tokenizer, texts) -> dict:
     return counts
 
 
+def _check_sampled(totals, inputs):
+    if totals["docs"] == 0:
+        raise UserError(f"no documents to train on in {' '.join(inputs)} (empty input or sample-rate too low)")
+
+
 @exit_on_user_error
 def main(argv=None):
     args = parse_args(argv)
@@ -89,17 +94,15 @@ def main(argv=None):
     texts = (text for text, _ in sampled_texts(args.input, args.jsonl_keys, rate, args.seed, totals))
     special = FIM_TOKENS if args.fim_tokens else ()
     if args.tokenizer_type == "SPMTokenizer":
-        texts = list(texts)  # sentencepiece needs the sample before it can say anything about emptiness
-        if totals["docs"]:
-            train_sentencepiece(texts, args.vocab_size, args.output, special)
+        texts = list(texts)  # sentencepiece cannot tell an empty sample from a bad one: count first
+        _check_sampled(totals, args.input)
+        train_sentencepiece(texts, args.vocab_size, args.output, special)
         saved = ("SPMTokenizer", os.path.join(args.output, "tokenizer.model"), None)
     else:
         tok = train_byte_level_bpe(texts, args.vocab_size, extra_special=special)
-        saved = ("HFTokenizer", os.path.join(args.output, "tokenizer.json"), None)
-    if totals["docs"] == 0:
-        raise UserError(f"no documents to train on in {' '.join(args.input)} (empty input or sample-rate too low)")
-    if args.tokenizer_type != "SPMTokenizer":
+        _check_sampled(totals, args.input)
         save_tokenizer(tok, args.output)
+        saved = ("HFTokenizer", os.path.join(args.output, "tokenizer.json"), None)
     # Measure compression with the saved files, through the same loader training runs use.
     loaded = build_tokenizer(*saved)
     counts = bytes_per_token(loaded, sampled_texts(args.input, args.jsonl_keys, rate, args.seed, Counter()))
@@ -109,6 +112,7 @@ def main(argv=None):
     for language, (b, n) in sorted(counts.items()):
         if language != "all":
             print(f"  {language:12s} {b / max(n, 1):.3f} bytes per token ({b / 1e6:.2f} MB)")
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])
