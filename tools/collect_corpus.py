@@ -9,7 +9,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_lite.data.corpus import (  # noqa: E402
-    DEFAULT_EXCLUDE_DIRS, DEFAULT_MAX_FILE_BYTES, CorpusStats, check_inputs, collect)
+    DEFAULT_EXCLUDE_DIRS, DEFAULT_MAX_FILE_BYTES, CorpusStats, check_inputs, collect, walk_source_files)
 from megatron_lite.data.filters import SECRET_MODES, FilterSettings, lexical_token_count  # noqa: E402
 from megatron_lite.data.jsonl import open_binary  # noqa: E402
 from megatron_lite.data.languages import parse_languages  # noqa: E402
@@ -43,9 +43,8 @@ def parse_args(argv):
 
 
 def _settings(args) -> FilterSettings:
-    for name in ("max_file_bytes",):
-        if getattr(args, name) <= 0:
-            raise UserError(f"{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.max_file_bytes <= 0:
+        raise UserError(f"max-file-bytes must be positive, got {args.max_file_bytes}")
     for name in ("min_tokens", "max_line_length", "max_mean_line_length"):
         if getattr(args, name) < 0:
             raise UserError(f"{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
@@ -64,6 +63,13 @@ def _token_counter(vocab_file):
 
     encode, _ = make_encoder(("HFTokenizer", vocab_file, None), "auto")
     return lambda text: len(encode([text])[0])
+
+
+def _file_count(inputs, exclude):
+    """Files to look at, for the progress bar's ETA: known when every input is a directory (a quick walk)."""
+    if not all(os.path.isdir(p) for p in inputs):
+        return None
+    return sum(1 for p in inputs for _ in walk_source_files(p, exclude))
 
 
 def _staging_name(path: str) -> str:
@@ -104,7 +110,8 @@ def main(argv=None):
                 index.write((json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
 
         with open_binary(staged[args.output], "wb") as out, \
-                tqdm(unit="file", desc="collect", file=sys.stderr, disable=None) as bar:
+                tqdm(total=_file_count(args.input, exclude), unit="file", desc="collect", file=sys.stderr,
+                     disable=None) as bar:
             records = collect(args.input, languages, settings.max_file_bytes, exclude, stats, settings,
                               args.near_dedup_threshold or None, args.majority_language, count_tokens, add_to_index)
             for record in records:
