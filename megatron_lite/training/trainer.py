@@ -93,8 +93,9 @@ class Trainer:
             raise UserError(f"split '{cfg.data.split}' leaves no training data (key 'split')")
         self.model = GPTModel(cfg.model).to(self.device)
         TRACKER.seed(t.seed)  # after init, which must be equal on every rank; dropout streams differ from here
+        use_zero = cfg.optim.zero_stage > 0 and self.par.dp_size > 1  # DeepSpeed then reduces the gradients
         self.reducer = GradReducer(self.model.parameters(), self.par.dp_group, self.par.dp_size,
-                                   cfg.parallel.ddp_bucket_mb) if self.par.dp_size > 1 else None
+                                   cfg.parallel.ddp_bucket_mb) if self.par.dp_size > 1 and not use_zero else None
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.schedule = LRSchedule(cfg.optim)
         self.scaler = LossScaler(cfg.precision)
@@ -103,7 +104,7 @@ class Trainer:
             self.state = load_checkpoint(t.load, self.model, self.optimizer, self.par, weights_only=t.finetune)
             if self.state.loss_scaler:
                 self.scaler.load_state_dict(self.state.loss_scaler)
-        self.engine = self._zero_engine() if cfg.optim.zero_stage > 0 and self.par.dp_size > 1 else None
+        self.engine = self._zero_engine() if use_zero else None
         self.last_saved = self.state.iteration if t.load and self.state.iteration else None
         peak, self.peak_source = peak_tflops(self.device, DTYPES[cfg.precision.precision], cfg.log.peak_tflops)
         self.throughput = Throughput(flops_per_token(cfg.model, cfg.model.seq_length), peak)
@@ -123,7 +124,6 @@ class Trainer:
         if cfg.train.load and not cfg.train.finetune:
             raise UserError(f"{stage}: resuming the sharded optimizer state is not supported; "
                             "set 'finetune: true' to start from the checkpoint's weights")
-        self.reducer = None
         return zero.initialize(self.model, self.optimizer, cfg.optim, cfg.train)
 
     def _zero_step(self, first: int) -> tuple:
