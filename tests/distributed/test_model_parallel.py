@@ -10,6 +10,7 @@ from megatron_lite.model.gpt import GPTModel
 from megatron_lite.parallel import state
 from megatron_lite.parallel.data_parallel import GradReducer, reference_all_reduce
 from megatron_lite.parallel.layers import gather_full
+from megatron_lite.parallel.random import TRACKER
 from megatron_lite.training.optim import clip_grad_norm
 from megatron_lite.training.trainer import lm_loss
 from tests.distributed.harness import run_workers
@@ -93,3 +94,41 @@ def _dp_reduce():
 
 def test_bucketed_dp_reduction_matches_plain_all_reduce():
     run_workers(_dp_reduce, world=2, tp=1, timeout=120)
+
+
+def _all_gather(t, group=None):
+    parts = [torch.empty_like(t) for _ in range(torch.distributed.get_world_size(group))]
+    torch.distributed.all_gather(parts, t, group=group)
+    return parts
+
+
+def _rng_streams():
+    s = state.get()  # world 4: tp groups {0,1} {2,3}, dp groups {0,2} {1,3}
+    TRACKER.seed(1234)
+    replicated = torch.rand(4)
+    with TRACKER.fork():
+        per_head = torch.rand(4)
+    rep, head = _all_gather(replicated), _all_gather(per_head)
+    assert torch.equal(rep[0], rep[1]) and torch.equal(rep[2], rep[3])  # one stream per tp group
+    assert not torch.equal(rep[0], rep[2])  # data-parallel replicas drop out different units
+    assert len({tuple(h.tolist()) for h in head}) == 4  # every rank's heads have their own stream
+
+    # Activation checkpointing replays both streams: gradients equal those without recomputation.
+    cfg = ModelConfig(**CFG, hidden_dropout=0.2, attention_dropout=0.2)
+    torch.manual_seed(0)
+    model = GPTModel(cfg).train()
+    tokens = torch.randint(0, 250, (2, CFG["seq_length"] + 1))
+    grads = []
+    for recompute in (False, True):
+        model.checkpoint_activations = recompute
+        model.zero_grad()
+        torch.manual_seed(5)
+        TRACKER.seed(99)
+        lm_loss(model, tokens, torch.device("cpu"), "fp32").backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_rng_streams_and_recomputation_under_tp2_dp2():
+    run_workers(_rng_streams, world=4, tp=2, timeout=120)
