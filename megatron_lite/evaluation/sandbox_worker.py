@@ -3,9 +3,10 @@
 Protocol: one JSON job per line on stdin {"program", "cpu", "wall", "memory_mb", "nproc"}; one JSON verdict
 per line on stdout {"status": passed | failed | timed out, "detail", "wall_timeout": bool}.
 The child runs in its own session and process group, under RLIMIT_CPU / RLIMIT_AS / RLIMIT_NPROC, in a
-fresh temporary directory, with stdio on /dev/null and destructive functions removed. As root it also
-drops to a uid of its own (so it can neither signal nor delete anything of ours, and the process limit
-counts only its own processes), and the worker lives in a network namespace without interfaces.
+temporary directory emptied before each program, with stdio on /dev/null and destructive functions removed.
+Afterwards its group is killed, and so is every other descendant (the worker is a child subreaper). As root
+it also drops to a uid of its own (so it can neither signal nor delete anything of ours, and the process
+limit counts only its own processes), and the worker lives in a network namespace without interfaces.
 """
 
 import json
@@ -29,16 +30,17 @@ PRELOAD = ("abc", "array", "base64", "binascii", "bisect", "calendar", "cmath", 
            "secrets", "statistics", "string", "struct", "textwrap", "time", "typing", "unicodedata", "_strptime")
 CLONE_NEWNET = 0x40000000
 PR_SET_CHILD_SUBREAPER = 36
+SUBREAPER = False  # set by main()
 
 
-def become_subreaper():
-    """Orphaned descendants of a program become our children (not init's), so we can reap their zombies."""
+def become_subreaper() -> bool:
+    """Orphaned descendants of a program become our children (not init's), so we can kill and reap them."""
     try:
         import ctypes
 
-        ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        return ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except (OSError, AttributeError):
-        pass
+        return False
 
 
 def reap_children(seconds: float):
@@ -170,11 +172,59 @@ def kill_uid(uid: int):
     os.waitpid(pid, 0)
 
 
-def execute(job: dict, uid: int) -> dict:
-    """Run one program in a fresh child; wait for its verdict (wall-clock backstop); clean up everything."""
+def new_workdir(uid: int) -> str:
     workdir = tempfile.mkdtemp(prefix="sandbox-")
     if IS_ROOT:
         os.chown(workdir, uid, uid)
+    return workdir
+
+
+def empty_workdir(workdir: str, uid: int) -> str:
+    """`workdir` emptied for the next program (reusing it is much cheaper than a new one on some filesystems);
+    a fresh directory when something the program left cannot be removed."""
+    os.chmod(workdir, 0o700)
+    for name in os.listdir(workdir):
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    if os.listdir(workdir):
+        shutil.rmtree(workdir, ignore_errors=True)
+        return new_workdir(uid)
+    return workdir
+
+
+def kill_descendants(seconds: float) -> bool:
+    """SIGKILL and reap every descendant left (as their parents die they become our children: we are a
+    subreaper), including any that left the process group; False if some survive `seconds` or we cannot see them."""
+    children_file = f"/proc/self/task/{os.getpid()}/children"
+    deadline = time.monotonic() + seconds
+    while True:
+        reap_children(0)
+        try:
+            with open(children_file) as f:
+                children = [int(pid) for pid in f.read().split()]
+        except OSError:
+            return False
+        if not children:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        for pid in children:  # not yet reaped, so these pids cannot have been reused
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.001)
+
+
+def execute(job: dict, uid: int, workdir: str) -> dict:
+    """Run one program in a fresh child in `workdir`; wait for its verdict (wall-clock backstop); kill whatever it
+    started."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -187,12 +237,11 @@ def execute(job: dict, uid: int) -> dict:
         os.killpg(pid, signal.SIGKILL)  # the child and anything it started that stayed in its group
     except ProcessLookupError:
         pass
-    if IS_ROOT:
-        kill_uid(uid)
     if status is None:
         _, status = os.waitpid(pid, 0)
-    reap_children(1.0)
-    shutil.rmtree(workdir, ignore_errors=True)
+    if not (kill_descendants(2.0) and SUBREAPER) and IS_ROOT:
+        kill_uid(uid)  # the fallback: every process of the program's own uid
+        reap_children(1.0)
     return verdict_of(report, status, wall_timeout)
 
 
@@ -252,7 +301,8 @@ def main():
     for name in PRELOAD:
         __import__(name)
     network_isolated = IS_ROOT and isolate_network()
-    become_subreaper()
+    global SUBREAPER
+    SUBREAPER = become_subreaper()
     if IS_ROOT:
         kill_uid(uid)  # leftovers of a predecessor that a program killed
     out = sys.stdout
@@ -260,9 +310,14 @@ def main():
     out.write(json.dumps({"ready": True, "network_isolated": network_isolated, "stdlib_readable": stdlib_readable})
               + "\n")
     out.flush()
-    for line in sys.stdin:
-        out.write(json.dumps(execute(json.loads(line), uid)) + "\n")
-        out.flush()
+    workdir = new_workdir(uid)
+    try:
+        for line in sys.stdin:
+            out.write(json.dumps(execute(json.loads(line), uid, workdir)) + "\n")
+            out.flush()
+            workdir = empty_workdir(workdir, uid)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -59,10 +59,10 @@ def test_sleeping_program_hits_the_wall_clock_backstop(sandbox):
 
 
 def test_wall_timeouts_are_retried_with_a_longer_backstop():
-    slow = "import time\ntime.sleep(1.5)\n"  # no CPU used: only the load-dependent wall limit can stop it
-    with Sandbox(1, SandboxLimits(cpu_timeout=1.0, wall_timeout=1.0, retries=0), uid_base=UID_BASE + 10) as box:
+    slow = "import time\ntime.sleep(0.8)\n"  # no CPU used: only the load-dependent wall limit can stop it
+    with Sandbox(1, SandboxLimits(cpu_timeout=1.0, wall_timeout=0.5, retries=0), uid_base=UID_BASE + 10) as box:
         assert run_one(box, slow)["status"] == "timed out"
-    with Sandbox(1, SandboxLimits(cpu_timeout=1.0, wall_timeout=1.0, retries=1), uid_base=UID_BASE + 10) as box:
+    with Sandbox(1, SandboxLimits(cpu_timeout=1.0, wall_timeout=0.5, retries=1), uid_base=UID_BASE + 10) as box:
         assert run_one(box, slow)["status"] == "passed"
 
 
@@ -157,7 +157,6 @@ def test_killing_the_parents_is_contained(sandbox):
 def test_one_and_eight_workers_give_identical_verdicts():
     programs = ["assert 2 + 2 == 4", "assert 2 + 2 == 5", "while True:\n    pass\n", "import sys\nsys.exit(1)",
                 "x = bytearray(8 * 2**30)", "total = 0\nfor i in range(2 * 10**6):\n    total += i\nassert total > 0"]
-    programs = programs * 3
     verdicts = []
     for workers in (1, 8):
         with Sandbox(workers, SandboxLimits(cpu_timeout=1.0, wall_timeout=20.0), uid_base=UID_BASE + 20) as box:
@@ -189,3 +188,10 @@ def test_a_worker_that_dies_is_replaced_and_its_program_recorded_as_failed():
             "status": "failed", "detail": "the sandbox worker died", "passed": False}
         timer.join()
         assert box.all_workers[0] is not worker and run_one(box, "assert True")["passed"]
+
+
+def test_each_program_starts_in_an_empty_working_directory():
+    leave = "import os\nopen('left.txt', 'w').write('x')\nos.mkdir('sub')\nopen('sub/deeper.txt', 'w').write('y')\n"
+    look = "import os\nassert os.listdir('.') == [], os.listdir('.')\n"
+    with Sandbox(1, SandboxLimits(cpu_timeout=1.0), uid_base=UID_BASE + 50) as box:  # one worker: the same directory
+        assert [v["status"] for v in box.run([leave, look, leave + "#2", look + "#2"])] == ["passed"] * 4
