@@ -48,6 +48,9 @@ def main(argv=None):
                         args.tokenizer_engine, args.transform, args.fim_rate, args.fim_spm_rate, args.seed)
     for key, prefix in result["prefixes"].items():
         print(f"{prefix}.{{bin,idx}}: {result['documents'][key]} documents")
+    if result["skipped"]:
+        print("source files that are not documents, skipped: "
+              + ", ".join(f"{reason} {n}" for reason, n in sorted(result["skipped"].items())))
     print(f"{result['tokens']} tokens from {result['bytes'] / 1e6:.2f} MB in {result['seconds']:.1f} s "
           f"({result['rates']}, {result['engine']} engine)")
     return result

@@ -71,14 +71,16 @@ def read_source(path: str, max_bytes: Optional[int] = None) -> Tuple[Optional[st
 
 
 def iter_documents(inputs: Sequence[str], keys: Sequence[str] = ("text",),
-                   exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS) -> Iterator[Dict[str, str]]:
-    """One {key: text} per document: each UTF-8 source file of a directory (key 'text'), each jsonl record."""
+                   exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS,
+                   skipped: Optional[Counter] = None) -> Iterator[Dict[str, str]]:
+    """One {key: text} per document: each UTF-8 source file of a directory (key 'text'), each jsonl record.
+    Source files that are not documents (binary, not UTF-8, empty, unreadable) are counted in `skipped`."""
     for path in inputs:
         if os.path.isdir(path):
             if list(keys) != ["text"]:
                 raise UserError(f"jsonl-keys {list(keys)} do not apply to directory input '{path}' "
                                 f"(its files are documents under the key 'text')")
-            for _, text in _source_texts(path, exclude_dirs):
+            for _, text in _source_texts(path, exclude_dirs, skipped):
                 yield {"text": text}
         else:
             for lineno, record in iter_jsonl(path):
@@ -108,13 +110,15 @@ def iter_labelled_texts(inputs: Sequence[str], keys: Sequence[str] = ("text",),
                     yield record[k], language
 
 
-def _source_texts(root: str, exclude_dirs) -> Iterator[Tuple[str, str]]:
-    """(path, text) of each source file that is a document (None from read_source: binary, not UTF-8, empty)."""
+def _source_texts(root: str, exclude_dirs, skipped: Optional[Counter] = None) -> Iterator[Tuple[str, str]]:
+    """(path, text) of each source file that is a document; the others counted by reason in `skipped`."""
     for full, _ in walk_source_files(root, exclude_dirs):
         if language_of(full) is not None:
-            text, _ = read_source(full)
+            text, reason = read_source(full)
             if text is not None:
                 yield full, text
+            elif skipped is not None:
+                skipped[reason] += 1
 
 
 class CorpusStats:

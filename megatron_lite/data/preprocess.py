@@ -4,7 +4,7 @@ import itertools
 import os
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -206,7 +206,8 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, v
     try:
         for k in jsonl_keys:
             builders[k] = IndexedDatasetBuilder(prefixes[k], best_dtype(tokenizer.vocab_size))
-        items = _items(iter_documents(inputs, jsonl_keys), jsonl_keys, TEXT_TRANSFORMS[transform])
+        skipped = Counter()
+        items = _items(iter_documents(inputs, jsonl_keys, skipped=skipped), jsonl_keys, TEXT_TRANSFORMS[transform])
         chunks = _chunks(items, fim)
         first = next(chunks, ([], []))
         engine = checked_engine(tokenizer_args, engine, first[1])
@@ -237,4 +238,4 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, v
         progress.close()
     seconds = time.time() - progress.start
     return {"documents": counts, "tokens": progress.tokens, "bytes": progress.bytes, "seconds": seconds,
-            "prefixes": prefixes, "rates": progress.rates(), "engine": engine}
+            "prefixes": prefixes, "rates": progress.rates(), "engine": engine, "skipped": dict(skipped)}
