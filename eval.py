@@ -42,7 +42,7 @@ def split_perplexity(cfg, model, device):
 def plan_language_perplexity(cfg):
     """(files, context, stride) to score, checked before any model is loaded."""
     from megatron_lite.data.languages import parse_languages
-    from megatron_lite.evaluation.perplexity import find_eval_files
+    from megatron_lite.evaluation.eval_files import find_eval_files
 
     e = cfg.eval
     try:

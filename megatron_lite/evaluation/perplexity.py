@@ -1,9 +1,8 @@
 """Perplexity: over a dataset split, and per language over whole source files scored with rolling windows."""
 
 import math
-import os
 from collections import defaultdict
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -11,7 +10,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from megatron_lite.data.languages import LANGUAGES, language_of
+from megatron_lite.data.languages import LANGUAGES
 from megatron_lite.errors import UserError
 
 
@@ -38,36 +37,6 @@ def unigram_entropy(dataset) -> float:
     p = np.bincount(tokens)
     p = p[p > 0] / len(tokens)
     return float(-(p * np.log(p)).sum())
-
-
-def find_eval_files(data_dir: Optional[str], files: List[str], languages: List[str]) -> List[Tuple[str, str]]:
-    """(path, language) of every file to score, sorted: a tree with one folder per language, or a list.
-
-    In a tree, files whose extension names none of `languages` are left out (and counted in the output)."""
-    found, ignored = [], 0
-    if data_dir:
-        if not os.path.isdir(data_dir):
-            raise UserError(f"eval-data-dir: {data_dir} is not a directory")
-        for root, dirs, names in os.walk(data_dir):
-            dirs.sort()
-            for name in sorted(names):
-                language = language_of(name)
-                if language in languages:
-                    found.append((os.path.join(root, name), language))
-                else:
-                    ignored += 1
-    for path in files:
-        language = language_of(path)
-        if not os.path.isfile(path):
-            raise UserError(f"eval-files: {path} does not exist")
-        if language is None:
-            raise UserError(f"eval-files: {path} has an extension of none of the languages {', '.join(LANGUAGES)}")
-        found.append((path, language))
-    if not found:
-        raise UserError(f"no files of {', '.join(languages)} to score in eval-data-dir {data_dir!r} / eval-files")
-    if ignored:
-        print(f"perplexity: {ignored} files in {data_dir} are not in eval-languages and are not scored")
-    return found
 
 
 def rolling_windows(num_tokens: int, context: int, stride: int) -> List[Tuple[int, int, int]]:

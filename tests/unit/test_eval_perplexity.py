@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from megatron_lite.config import ModelConfig
 from megatron_lite.data.tokenizer import Tokenizer, train_byte_level_bpe
 from megatron_lite.errors import UserError
-from megatron_lite.evaluation.perplexity import find_eval_files, rolling_windows, score_files, summarize
+from megatron_lite.evaluation.eval_files import find_eval_files
+from megatron_lite.evaluation.perplexity import rolling_windows, score_files, summarize
 from megatron_lite.evaluation.report import markdown_table, write_perplexity_report
 from megatron_lite.model.gpt import GPTModel
 
