@@ -37,18 +37,40 @@ def losses(log_dir):
         return [r["loss"] for r in map(json.loads, f)]
 
 
-def test_hostfile_two_local_machines_train_like_one(micro_config, tmp_path):
+COMMON = ["--train-iters", "3", "--eval-interval", "3", "--eval-iters", "1", "--log-interval", "1",
+          "--gradient-accumulation-steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def one_machine(tmp_path_factory, small_corpus):
+    """Losses of a 2-process torchrun run on one machine: the baseline of the other launch paths."""
+    from tests.conftest import micro_config
+
+    root = tmp_path_factory.mktemp("one_machine")
+    config = micro_config.__wrapped__(root, small_corpus)
+    run_tool("deepy.py", "train.py", config, *COMMON, "--num-procs", "2", "--log-dir", str(root / "logs"),
+             timeout=240)
+    return config, losses(root / "logs")
+
+
+def test_hostfile_two_local_machines_train_like_one(one_machine, tmp_path):
+    config, one = one_machine
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("# two 'machines' on this one\nlocalhost slots=1\n127.0.0.1 slots=1\nfarhost slots=1\n")
-    common = [micro_config, "--train-iters", "4", "--eval-interval", "4", "--log-interval", "1",
-              "--gradient-accumulation-steps", "1"]
-    run_tool("deepy.py", "train.py", *common, "--hostfile", str(hostfile), "--exclude", "farhost",
-             "--master-port", str(free_port()), "--log-dir", str(tmp_path / "two"), "--save", str(tmp_path / "c2"),
+    run_tool("deepy.py", "train.py", config, *COMMON, "--hostfile", str(hostfile), "--exclude", "farhost",
+             "--master-port", str(free_port()), "--log-dir", str(tmp_path / "two"), "--save", str(tmp_path / "c"),
              timeout=240)
-    run_tool("deepy.py", "train.py", *common, "--num-procs", "2", "--log-dir", str(tmp_path / "one"),
-             "--save", str(tmp_path / "c1"), timeout=240)
-    two, one = losses(tmp_path / "two"), losses(tmp_path / "one")
-    assert len(two) == 4 and two == pytest.approx(one, rel=1e-6)
+    two = losses(tmp_path / "two")
+    assert len(two) == 3 and two == pytest.approx(one, rel=1e-6)
+
+
+def test_mpirun_launch_trains_like_torchrun(one_machine, tmp_path):
+    pytest.importorskip("mpi4py", reason="mpirun launches need the optional 'mpi' extra")
+    config, one = one_machine
+    run_tool("deepy.py", "train.py", config, *COMMON, "--num-procs", "2", "--launcher", "mpirun",
+             "--master-port", str(free_port()), "--log-dir", str(tmp_path / "mpi"), "--save", str(tmp_path / "c"),
+             timeout=240)
+    assert losses(tmp_path / "mpi") == pytest.approx(one, rel=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["raise", "kill"])
@@ -81,13 +103,3 @@ def test_hostfile_errors_name_the_line_and_host(tmp_path):
         read_hostfile(str(bad), include="node3")
     assert read_hostfile(str(bad), exclude="node1") == [("node2", 2)]
 
-
-def test_mpirun_launch_trains_like_torchrun(micro_config, tmp_path):
-    pytest.importorskip("mpi4py", reason="mpirun launches need the optional 'mpi' extra")
-    common = [micro_config, "--train-iters", "2", "--eval-interval", "2", "--log-interval", "1",
-              "--gradient-accumulation-steps", "1", "--num-procs", "2"]
-    run_tool("deepy.py", "train.py", *common, "--launcher", "mpirun", "--master-port", str(free_port()),
-             "--log-dir", str(tmp_path / "mpi"), "--save", str(tmp_path / "c_mpi"), timeout=240)
-    run_tool("deepy.py", "train.py", *common, "--log-dir", str(tmp_path / "torchrun"),
-             "--save", str(tmp_path / "c_torchrun"), timeout=240)
-    assert losses(tmp_path / "mpi") == pytest.approx(losses(tmp_path / "torchrun"), rel=1e-6)
