@@ -130,8 +130,10 @@ class Sandbox:
         self.cache[key] = entry
         # A wall-clock timeout depends on load, so it is not kept: a resumed run tries again.
         if self.cache_path and not verdict.get("wall_timeout"):
-            with open(self.cache_path, "a") as f:
-                f.write(json.dumps({"key": key, **entry}) + "\n")
+            with open(self.cache_path, "ab+") as f:
+                f.seek(max(0, f.tell() - 1))
+                cut_short = f.tell() > 0 and f.read(1) != b"\n"  # a killed run's last line: start a new one
+                f.write((("\n" if cut_short else "") + json.dumps({"key": key, **entry}) + "\n").encode())
 
     def close(self):
         for worker in self.all_workers:

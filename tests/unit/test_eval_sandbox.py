@@ -173,9 +173,11 @@ def test_cached_verdicts_are_reused(tmp_path, monkeypatch):
         first = box.run(programs)
     with open(cache, "a") as f:
         f.write('{"key": "cut sho')  # a line cut short by a killed run
+    with Sandbox(1, limits, cache_path=str(cache), uid_base=UID_BASE + 30) as box:
+        assert box.run(programs + ["assert 1"])[:2] == first  # appended after the cut-short line
     monkeypatch.setattr(Sandbox, "_execute", lambda self, program: pytest.fail("ran a cached program"))
     with Sandbox(1, limits, cache_path=str(cache), uid_base=UID_BASE + 30) as box:
-        assert box.run(programs) == first
+        assert box.run(programs + ["assert 1"]) == first + [{"status": "passed", "detail": "", "passed": True}]
 
 
 def test_a_worker_that_dies_is_replaced_and_its_program_recorded_as_failed():
