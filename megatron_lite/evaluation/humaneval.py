@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from megatron_lite.errors import UserError
 from megatron_lite.evaluation.pass_at_k import mean_pass_at_k
+from megatron_lite.evaluation.report import end_cut_short_line
 from megatron_lite.evaluation.sandbox import Sandbox
 
 # Codex's stop sequences: a completion is one function body, so a new top-level statement ends it.
@@ -72,6 +73,7 @@ def generate_samples(generator, problems: List[dict], n: int, batch_size: int, p
     for sample in done:
         have[sample["task_id"]] += 1
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    end_cut_short_line(path)
     with open(path, "a") as out:
         for index, problem in enumerate(tqdm(problems, desc="humaneval samples", unit="task", disable=None)):
             while have[problem["task_id"]] < n:

@@ -18,6 +18,15 @@ def atomic_write(path: str, write) -> str:
     return path
 
 
+def end_cut_short_line(path: str):
+    """Finish a last line that a killed run left unfinished, so records appended to `path` start on their own line."""
+    if os.path.exists(path) and os.path.getsize(path):
+        with open(path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+
+
 def write_json(path: str, data) -> str:
     def write(tmp):
         with open(tmp, "w") as f:

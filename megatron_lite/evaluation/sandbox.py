@@ -15,6 +15,7 @@ from typing import List, Optional
 from tqdm import tqdm
 
 from megatron_lite.errors import warn_once
+from megatron_lite.evaluation.report import end_cut_short_line
 
 MAX_WORKERS = 64
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_worker.py")
@@ -130,10 +131,8 @@ class Sandbox:
         self.cache[key] = entry
         # A wall-clock timeout depends on load, so it is not kept: a resumed run tries again.
         if self.cache_path and not verdict.get("wall_timeout"):
-            with open(self.cache_path, "ab+") as f:
-                f.seek(max(0, f.tell() - 1))
-                cut_short = f.tell() > 0 and f.read(1) != b"\n"  # a killed run's last line: start a new one
-                f.write((("\n" if cut_short else "") + json.dumps({"key": key, **entry}) + "\n").encode())
+            with open(self.cache_path, "a") as f:
+                f.write(json.dumps({"key": key, **entry}) + "\n")
 
     def close(self):
         for worker in self.all_workers:
@@ -158,6 +157,7 @@ def load_cache(path: Optional[str]) -> dict:
                     cache[entry.pop("key")] = entry
                 except (ValueError, KeyError):
                     continue
+        end_cut_short_line(path)
     elif path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     return cache

@@ -70,9 +70,11 @@ def test_sampling_resumes_where_it_stopped_and_samples_the_same(tmp_path, proble
     first = he.generate_samples(generator, problems[:3], 4, 3, str(whole), seed=7)
     assert [s["task_id"] for s in first] == [p["task_id"] for p in problems[:3] for _ in range(4)]
     he.generate_samples(generator, problems[:3], 3, 3, str(resumed), seed=7)  # a run stopped after 3 per task
+    with open(resumed, "a") as f:
+        f.write('{"task_id": "HumanEval/0", "compl')  # ... while writing a line
     again = he.generate_samples(generator, problems[:3], 4, 3, str(resumed), seed=7)
     assert sorted(json.dumps(s) for s in again) == sorted(json.dumps(s) for s in first)
-    assert len(resumed.read_text().splitlines()) == 12
+    assert len(resumed.read_text().splitlines()) == 13  # 12 samples and the cut-short line, on its own
     assert len({s["completion"] for s in first}) > 1  # sampled, not one repeated string
     fewer = he.generate_samples(generator, problems[:2], 2, 3, str(resumed), seed=7)  # n=2 of what is there
     assert fewer == [s for p in problems[:2] for s in [x for x in first if x["task_id"] == p["task_id"]][:2]]
@@ -81,11 +83,11 @@ def test_sampling_resumes_where_it_stopped_and_samples_the_same(tmp_path, proble
 def test_one_and_eight_workers_give_identical_humaneval_verdicts(problems):
     samples = [{"task_id": p["task_id"], "completion": p["canonical_solution"]} for p in problems]
     samples += [{"task_id": p["task_id"], "completion": "    return None\n"} for p in problems[:20]]
-    samples += [{"task_id": p["task_id"], "completion": "    while True:\n        pass\n"} for p in problems[:2]]
+    samples += [{"task_id": problems[0]["task_id"], "completion": "    while True:\n        pass\n"}]
     runs = []
     for workers in (1, 8):
         with Sandbox(workers, SandboxLimits(cpu_timeout=1.0)) as sandbox:
             result = he.evaluate(problems, samples, sandbox, [1])
         runs.append([(r["status"], r["detail"]) for r in result["results"]])
     assert runs[0] == runs[1]
-    assert [s for s, _ in runs[0][-2:]] == ["timed out", "timed out"]
+    assert runs[0][-1][0] == "timed out" and sum(s == "passed" for s, _ in runs[0]) == 164
