@@ -108,6 +108,7 @@ def mpirun_command(nprocs: int, cfg: ParallelConfig, script: str, args) -> List[
 def run_nodes(cmds: List[List[str]]) -> int:
     """Run all node commands; when one fails, stop the rest (SIGTERM, then SIGKILL) and return its status."""
     procs = []
+    signal.signal(signal.SIGTERM, _interrupt)  # a stopped launcher stops its nodes too
     try:
         for cmd in cmds:
             procs.append(subprocess.Popen(cmd, start_new_session=True))
@@ -129,6 +130,10 @@ def run_nodes(cmds: List[List[str]]) -> int:
     except KeyboardInterrupt:
         _stop(procs)
         return 130
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _stop(procs) -> None:

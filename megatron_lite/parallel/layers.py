@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import skip_init
 
+from megatron_lite.errors import UserError
 from megatron_lite.parallel import state
 from megatron_lite.parallel.mappings import (copy_to_tp_region, gather_from_tp_region, reduce_from_tp_region,
                                              scatter_to_tp_region)
@@ -17,7 +18,7 @@ from megatron_lite.parallel.mappings import (copy_to_tp_region, gather_from_tp_r
 
 def _divide(n: int, tp: int, what: str) -> int:
     if n % tp:
-        raise ValueError(f"{what} {n} is not divisible by tensor-parallel size {tp}")
+        raise UserError(f"key 'model_parallel_size': {tp} does not divide the {what} ({n})")
     return n // tp
 
 
@@ -65,7 +66,7 @@ class VocabParallelEmbedding(nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int):
         super().__init__()
         s = state.get()
-        local = _divide(num_embeddings, s.tp_size, "vocabulary size")
+        local = _divide(num_embeddings, s.tp_size, "padded vocabulary size")
         self.vocab_start, self.vocab_end = s.tp_rank * local, (s.tp_rank + 1) * local
         self.weight = _mark(nn.Parameter(torch.empty(local, embedding_dim)), 0)
 

@@ -32,9 +32,10 @@ class RNGTracker:
         """Seed both streams from the run's seed (after model init, which must be equal on every rank)."""
         s = state.get()
         base = seed + DP_OFFSET * s.dp_rank
-        saved = _device_rng_get()
+        saved_cpu, saved = torch.get_rng_state(), _device_rng_get()  # manual_seed reseeds CPU and GPU
         torch.manual_seed(base + TP_REGION_OFFSET + s.tp_rank)
         self.tp_state = _device_rng_get()
+        torch.set_rng_state(saved_cpu)
         _device_rng_set(saved)
         if s.distributed:
             torch.manual_seed(base)
