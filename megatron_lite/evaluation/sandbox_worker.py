@@ -112,18 +112,25 @@ def disable_destructive_functions():
         sys.modules[name] = None
 
 
+def lower_limit(kind: int, soft: int, hard: int = None):
+    """Set a resource limit, never above the hard limit we were given (raising it needs privileges)."""
+    _, current = resource.getrlimit(kind)
+    hard = soft if hard is None else hard
+    if current != resource.RLIM_INFINITY:
+        soft, hard = min(soft, current), min(hard, current)
+    resource.setrlimit(kind, (soft, hard))
+
+
 def run_child(program: str, job: dict, workdir: str, uid: int, report_fd: int):
     """In the forked child: limit, isolate, guard, execute; write the verdict to report_fd; never return."""
     try:
         os.setsid()  # own session and process group: the worker kills the whole group afterwards
         cpu = int(job["cpu"]) + 1  # whole seconds, after the finer timer below: the backstop for code that blocks it
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # SIGXCPU, then SIGKILL one second later
-        memory = job["memory_mb"] * 2**20
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 2**20, 64 * 2**20))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        nproc = job["nproc"] if IS_ROOT else user_process_count() + job["nproc"]
-        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        lower_limit(resource.RLIMIT_CPU, cpu, cpu + 1)  # SIGXCPU, then SIGKILL one second later
+        lower_limit(resource.RLIMIT_AS, job["memory_mb"] * 2**20)
+        lower_limit(resource.RLIMIT_FSIZE, 64 * 2**20)
+        lower_limit(resource.RLIMIT_CORE, 0)
+        lower_limit(resource.RLIMIT_NPROC, job["nproc"] if IS_ROOT else user_process_count() + job["nproc"])
         os.chdir(workdir)
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
