@@ -103,7 +103,7 @@ def _all_gather(t, group=None):
 
 
 def _rng_streams():
-    s = state.get()  # world 4: tp groups {0,1} {2,3}, dp groups {0,2} {1,3}
+    # world 4: tp groups {0,1} {2,3}, dp groups {0,2} {1,3}
     TRACKER.seed(1234)
     replicated = torch.rand(4)
     with TRACKER.fork():
