@@ -19,7 +19,7 @@ $(VENV)/.installed: setup.py
 demo: install
 	$(PY) tools/collect_corpus.py --input $(STDLIB) --languages Python --output $(DEMO)/corpus.jsonl \
 		--exclude-dirs site-packages,__pycache__,test,tests,idle_test
-	$(PY) tools/train_tokenizer.py --input $(DEMO)/corpus.jsonl --vocab-size 8192 --output $(DEMO)/tokenizer
+	$(PY) tools/train_tokenizer.py --input $(DEMO)/corpus.jsonl --vocab-size 8192 --sample-rate 1.0 --output $(DEMO)/tokenizer
 	$(PY) tools/preprocess_data.py --input $(DEMO)/corpus.jsonl --tokenizer-type HFTokenizer \
 		--vocab-file $(DEMO)/tokenizer/tokenizer.json --append-eod --workers 2 --output-prefix $(DEMO)/stdlib
 	$(PY) deepy.py train.py configs/tiny.yml configs/local_setup.yml
