@@ -29,9 +29,8 @@ def load_trained_model(cfg: Config):
     """(model in eval mode, tokenizer, device) from the checkpoint that 'load' names: our save directory,
     a global_stepN directory, or a Hugging Face GPT-NeoX directory (its config.json and tokenizer win)."""
     from megatron_lite.interop.hf import is_hf_dir, load_hf_dir
-    from megatron_lite.interop.ours import load_into
     from megatron_lite.model.gpt import GPTModel
-    from megatron_lite.training.checkpoint import load_model_weights, resolve_checkpoint
+    from megatron_lite.training.checkpoint import load_model_weights, load_state_checked, resolve_checkpoint
 
     if not cfg.train.load:
         raise UserError("no checkpoint to use: set 'load' to a save directory or a global_stepN directory")
@@ -39,9 +38,10 @@ def load_trained_model(cfg: Config):
     ckpt = None if hf_weights is not None else resolve_checkpoint(cfg.train.load)
     tokenizer = build_tokenizer_for(cfg)
     device = default_device()
-    model = GPTModel(cfg.model)
+    with torch.device("meta"):  # every weight comes from the checkpoint: allocate nothing, draw nothing
+        model = GPTModel(cfg.model)
     if hf_weights is not None:
-        load_into(model, hf_weights, cfg.train.load)
+        load_state_checked(model, hf_weights, cfg.train.load)
     else:
         load_model_weights(ckpt, model)
     return model.to(device).eval(), tokenizer, device

@@ -83,14 +83,3 @@ def read_weights_checkpoint(path: str):
         raise UserError(f"checkpoint {ckpt}: expected model_mp_rank_00.safetensors, ... one per rank, found {ranks}")
     return cfg, [_load_tensors(os.path.join(ckpt, f)) for f in ranks]
 
-
-def load_into(model, weights: dict, source: str) -> None:
-    """Load a full state dict, with a one-line error naming what does not fit."""
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
-    if missing or unexpected:
-        raise UserError(f"{source} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    for name, tensor in weights.items():
-        if tensor.shape != own[name].shape:
-            raise UserError(f"{source}: '{name}' has shape {tuple(tensor.shape)}, the config builds {tuple(own[name].shape)}")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})

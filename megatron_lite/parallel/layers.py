@@ -79,21 +79,27 @@ class VocabParallelEmbedding(nn.Module):
 
 # With tp=1 the plain modules are built without their own random init (init_weights sets every value), so the
 # random stream reaching init_weights is the same at every tp size and so are the initial weights.
+def _uninitialised(module_cls, *args):
+    """The module with its memory on the current default device (meta inside `with torch.device("meta")`)
+    and no init of its own."""
+    return skip_init(module_cls, *args, device=torch.get_default_device())
+
+
 def column_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Module:
     if state.get().tp_size == 1:
-        return skip_init(nn.Linear, in_features, out_features, bias)
+        return _uninitialised(nn.Linear, in_features, out_features, bias)
     return ColumnParallelLinear(in_features, out_features, bias)
 
 
 def row_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Module:
     if state.get().tp_size == 1:
-        return skip_init(nn.Linear, in_features, out_features, bias)
+        return _uninitialised(nn.Linear, in_features, out_features, bias)
     return RowParallelLinear(in_features, out_features, bias)
 
 
 def vocab_embedding(num_embeddings: int, embedding_dim: int) -> nn.Module:
     if state.get().tp_size == 1:
-        return skip_init(nn.Embedding, num_embeddings, embedding_dim)
+        return _uninitialised(nn.Embedding, num_embeddings, embedding_dim)
     return VocabParallelEmbedding(num_embeddings, embedding_dim)
 
 

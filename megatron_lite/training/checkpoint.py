@@ -229,20 +229,24 @@ def _load_tp_shard(ckpt: str, kind: str, tp_rank: int, tp_size: int, rename=None
 
 
 def load_model_weights(ckpt: str, model, tp_rank: int = 0, tp_size: int = 1) -> None:
-    """Load weights into model (resharding from another tp size), with a clear error when the shapes belong to
-    another config."""
-    weights = _load_tp_shard(ckpt, "model", tp_rank, tp_size)
+    """Load weights into model (resharding from another tp size)."""
+    load_state_checked(model, _load_tp_shard(ckpt, "model", tp_rank, tp_size),
+                       f"checkpoint {ckpt}", hint=f"; load it with the config it was trained with ({ckpt}/config.yml)")
+
+
+def load_state_checked(model, weights: dict, source: str, hint: str = "") -> None:
+    """load_state_dict with a one-line error naming what does not fit. A model built on the meta device
+    takes the tensors as they are (no memory was allocated for it, no random init was wasted)."""
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
     if missing or unexpected:
-        raise UserError(f"checkpoint {ckpt} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise UserError(f"{source} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     for name, tensor in weights.items():
         if tensor.shape != own[name].shape:
-            raise UserError(
-                f"checkpoint {ckpt}: '{name}' has shape {tuple(tensor.shape)} but the config builds "
-                f"{tuple(own[name].shape)}; load it with the config it was trained with ({ckpt}/config.yml)"
-            )
-    model.load_state_dict(weights)
+            raise UserError(f"{source}: '{name}' has shape {tuple(tensor.shape)} but the config builds "
+                            f"{tuple(own[name].shape)}{hint}")
+    on_meta = any(t.is_meta for t in own.values())
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()}, assign=on_meta)
 
 
 def _optimizer_key_renames(model, optimizer) -> tuple:

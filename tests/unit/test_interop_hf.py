@@ -12,8 +12,8 @@ from megatron_lite.data.tokenizer import build_tokenizer, save_tokenizer, train_
 from megatron_lite.errors import UserError
 from megatron_lite.generation.engine import TextGenerator
 from megatron_lite.interop.hf import load_hf_dir, save_hf_dir
-from megatron_lite.interop.ours import load_into
 from megatron_lite.model.gpt import GPTModel
+from megatron_lite.training.checkpoint import load_state_checked
 
 transformers = pytest.importorskip("transformers")
 VOCAB = 384  # tokenizer of 300 tokens padded to a multiple of 128
@@ -104,7 +104,7 @@ def test_import_of_transformers_model_gives_same_logits(tmp_path, tokenizer_dir,
     assert (model_cfg.rotary_pct, model_cfg.gpt_j_residual, model_cfg.no_weight_tying) == (0.25, parallel, not tied)
     assert data_cfg.vocab_file == str(tmp_path / "hf" / "tokenizer.json")
     ours = GPTModel(model_cfg).eval()
-    load_into(ours, weights, "test")
+    load_state_checked(ours, weights, "test")
     x = tokens()
     with torch.no_grad():
         diff = (hf(x).logits - ours(x)).abs().max().item()

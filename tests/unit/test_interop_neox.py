@@ -10,9 +10,9 @@ import torch
 from megatron_lite.config import ModelConfig
 from megatron_lite.errors import UserError
 from megatron_lite.interop.neox import read_neox_checkpoint
-from megatron_lite.interop.ours import load_into
 from megatron_lite.interop.safe_load import load_pt
 from megatron_lite.model.gpt import GPTModel
+from megatron_lite.training.checkpoint import load_state_checked
 
 DIM0 = ("attention.query_key_value.weight", "attention.query_key_value.bias", "mlp.dense_h_to_4h.weight",
         "mlp.dense_h_to_4h.bias")
@@ -74,7 +74,7 @@ def test_tp2_neox_checkpoint_imports_with_same_logits(tmp_path, parallel, untied
     write_neox_checkpoint(source, str(tmp_path / "global_step7"), tp=2)
     weights = read_neox_checkpoint(str(tmp_path / "global_step7"), source.cfg)
     imported = GPTModel(source.cfg).eval()
-    load_into(imported, weights, "test")
+    load_state_checked(imported, weights, "test")
     x = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         diff = (imported(x) - source(x)).abs().max().item()

@@ -47,6 +47,7 @@ def test_polycoder_parameter_counts(layers, hidden, heads, expected):
     assert cfg.padded_vocab_size == 50304
     with torch.device("meta"):
         model = GPTModel(cfg)
+    assert all(p.is_meta for p in model.parameters())  # counting a 2.78B model must not allocate it
     allocated = sum(p.numel() for p in model.parameters())
     assert count_parameters(cfg) == allocated
     assert abs(allocated - expected) / expected < 0.01
