@@ -60,27 +60,32 @@ def main(argv):
     from megatron_lite.build import load_trained_model
     from megatron_lite.generation.engine import TextGenerator
     from megatron_lite.generation.interactive import run_interactive
+    from megatron_lite.parallel import state as parallel_state
 
     g = cfg.generate
+    if g.text_gen_type == "interactive" and g.prompt is None and cfg.parallel.world_size > 1:
+        raise UserError("text-gen-type interactive runs in one process; use input-file with several ranks")
     model, tokenizer, _ = load_trained_model(cfg)
     generator = TextGenerator(model, tokenizer, g, cfg.model.max_position_embeddings, seed=cfg.train.seed)
+    # Tensor-parallel peers compute the same samples; rank 0 reports them.
+    say = print if parallel_state.get().rank == 0 else (lambda *args: None)
     completions = []
     if g.prompt is not None:
         completions = generator.complete(g.prompt)
         for c in completions:
-            print(c.context + c.text)
+            say(c.context + c.text)
     elif g.text_gen_type == "unconditional":
         completions = generator.complete("")
         for i, c in enumerate(completions):
-            print(f"--- sample {i + 1} ---\n{c.text}")
+            say(f"--- sample {i + 1} ---\n{c.text}")
     elif g.text_gen_type == "input-file":
         for prompt in read_prompts(g.sample_input_file):
             for c in generator.complete(prompt):
                 completions.append(c)
-                print(f"--- {prompt[:60]!r} ---\n{c.context}{c.text}")
+                say(f"--- {prompt[:60]!r} ---\n{c.context}{c.text}")
     else:
         completions = [c for _, c in run_interactive(generator)]
-    if g.sample_output_file:
+    if g.sample_output_file and parallel_state.get().rank == 0:
         write_samples(g.sample_output_file, completions)
 
 

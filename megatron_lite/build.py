@@ -30,6 +30,8 @@ def load_trained_model(cfg: Config):
     a global_stepN directory, or a Hugging Face GPT-NeoX directory (its config.json and tokenizer win)."""
     from megatron_lite.interop.hf import is_hf_dir, load_hf_dir
     from megatron_lite.model.gpt import GPTModel
+    from megatron_lite.parallel import state as parallel_state
+    from megatron_lite.parallel.reshard import split_tp
     from megatron_lite.training.checkpoint import load_model_weights, load_state_checked, resolve_checkpoint
 
     if not cfg.train.load:
@@ -38,10 +40,11 @@ def load_trained_model(cfg: Config):
     ckpt = None if hf_weights is not None else resolve_checkpoint(cfg.train.load)
     tokenizer = build_tokenizer_for(cfg)
     device = default_device()
+    par = parallel_state.initialize(cfg.parallel)  # under the launcher with tp > 1 each rank holds a shard
     with torch.device("meta"):  # every weight comes from the checkpoint: allocate nothing, draw nothing
         model = GPTModel(cfg.model)
     if hf_weights is not None:
-        load_state_checked(model, hf_weights, cfg.train.load)
+        load_state_checked(model, split_tp(hf_weights, par.tp_size)[par.tp_rank], cfg.train.load)
     else:
-        load_model_weights(ckpt, model)
+        load_model_weights(ckpt, model, par.tp_rank, par.tp_size)
     return model.to(device).eval(), tokenizer, device

@@ -14,6 +14,8 @@ from megatron_lite.config import GenerateConfig
 from megatron_lite.generation.fast_decode import FastDecoder, supports
 from megatron_lite.generation.sampling import apply_repetition_penalty, sample_next
 from megatron_lite.generation.stopping import cut_point
+from megatron_lite.parallel import state as parallel_state
+from megatron_lite.parallel.mappings import gather_from_tp_region
 
 
 @dataclass
@@ -33,6 +35,7 @@ class TextGenerator:
         self.device = next(model.parameters()).device
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
         self.fast = FastDecoder(model) if fast_decode and supports(model) else None
+        self.tp_size = parallel_state.get().tp_size
 
     def complete(self, prompt: str, num_samples: int = None, on_text=None) -> list:
         """num_samples Completions of `prompt` ('' = unconditional), generated as one batch.
@@ -80,10 +83,14 @@ class TextGenerator:
         last_only=False still returns the last logits but runs the final norm over every position
         (contrastive search reads those hidden states)."""
         if cache is None:
-            return self.model(everything, last_only=last_only)[:, -1]
-        if self.fast is not None and new.size(1) == 1:
+            logits = self.model(everything, last_only=last_only)[:, -1]
+        elif self.fast is not None and new.size(1) == 1:
             return self.fast.step(new, cache)
-        return self.model(new, kv_cache=cache, last_only=last_only)[:, -1]  # positions continue from the cache
+        else:
+            logits = self.model(new, kv_cache=cache, last_only=last_only)[:, -1]  # positions continue from the cache
+        # Tensor-parallel ranks hold vocabulary slices: every rank gathers the whole row, so every rank
+        # (with the same seed) picks the same token.
+        return gather_from_tp_region(logits) if self.tp_size > 1 else logits  # [b, v]
 
     def _new_cache(self, batch, total):
         return self.model.new_kv_cache(batch, total, next(self.model.parameters()).dtype, self.device)

@@ -136,3 +136,16 @@ def test_interactive_session(checkpoint):
             os.kill(term.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_two_tensor_parallel_ranks_generate_what_one_process_does(checkpoint, tmp_path):
+    """A tp=1 checkpoint resharded on load to tp=2 (torchrun, gloo): same samples, written once by rank 0."""
+    cfg, _ = checkpoint
+    args = ["deepy.py", "generate.py", cfg, "--prompt", "def f(x):\n", "--maximum-tokens", "16", "--num-samples", "2",
+            "--temperature", "0.7"]
+    run_tool(*args, "--sample-output-file", str(tmp_path / "one.jsonl"))
+    run_tool(*args, "--sample-output-file", str(tmp_path / "two.jsonl"), "--num-procs", "2",
+             "--model-parallel-size", "2")
+    one = [json.loads(line)["text"] for line in open(tmp_path / "one.jsonl")]
+    two = [json.loads(line)["text"] for line in open(tmp_path / "two.jsonl")]
+    assert one == two and len(one) == 2
