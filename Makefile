@@ -6,13 +6,19 @@ TORCH_VERSION := 2.13.0
 STDLIB := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
 DEMO := data/stdlib
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install install-test demo test test-all bench clean
 
+# The demo needs the package only; tests and benches add the peers and optional engines they compare against.
 install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install torch==$(TORCH_VERSION)
+	$(PY) -m pip install -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -e ".[test,bench,deepspeed,mpi]"
 	touch $@
 
@@ -28,13 +34,13 @@ demo: install
 		--prompt "def fibonacci(n):"
 
 # Fast suite (the one CI runs); `make test-all` adds the slow end-to-end tests.
-test: install
+test: install-test
 	$(PY) -m pytest -q -m "not slow" tests
 
-test-all: install
+test-all: install-test
 	$(PY) -m pytest -q tests
 
-bench: install
+bench: install-test
 	$(PY) bench/train_throughput.py
 	$(PY) bench/hf_load.py
 	$(PY) bench/humaneval_exec.py
