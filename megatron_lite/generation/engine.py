@@ -112,7 +112,7 @@ class TextGenerator:
         rows, done = [[] for _ in range(n)], [False] * n
         streamed, check_text = "", self._has_stop_rules() or on_text is not None
         try:
-            for _ in range(budget):
+            for step in range(budget):
                 if contrastive:
                     next_ids, logits, past_hidden = self._contrastive_step(logits, tokens, cache, hidden, past_hidden)
                 else:
@@ -127,9 +127,10 @@ class TextGenerator:
                     if on_text is not None and not done[0]:
                         streamed = _stream(on_text, streamed, texts[0])
                     done = [d or self._cut(t) is not None for d, t in zip(done, texts)]
-                if all(done):
+                if all(done) or step == budget - 1:  # no forward pass for a token nobody will read
                     break
-                next_ids = torch.tensor(ids, device=self.device)[:, None]  # [n, 1]
+                # [n, 1]; a finished row's token was replaced by end-of-document above
+                next_ids = torch.tensor(ids, device=self.device)[:, None] if any(done) else next_ids[:, None]
                 if keep_tokens or contrastive:
                     tokens = torch.cat([tokens, next_ids], dim=1)
                 if not contrastive:
@@ -168,7 +169,7 @@ class TextGenerator:
         seqs = torch.empty(beams, 0, dtype=torch.long, device=self.device)
         done = torch.zeros(beams, dtype=torch.bool, device=self.device)
         lengths = torch.zeros(beams, device=self.device)
-        for _ in range(budget):
+        for step in range(budget):
             logp = F.log_softmax(logits.float(), dim=-1)  # [B, v]
             ended = torch.full_like(logp, float("-inf"))
             ended[:, eod] = 0.0
@@ -179,7 +180,7 @@ class TextGenerator:
             lengths = lengths[origin] + (~done[origin]).float()
             done = done[origin] | (token == eod)
             cache.reorder(origin)
-            if done.all():
+            if done.all() or step == budget - 1:
                 break
             logits = self._forward(token[:, None], None, cache)
         order = (scores / lengths.clamp(min=1)).argsort(descending=True)[:n]

@@ -37,33 +37,50 @@ class FastDecoder:
             for layer in model.layers
         ]
         self.out_weight = model.embed_out.weight if model.embed_out is not None else model.embed_in.weight
+        self.rotary_dims, self.scale = model.rotary.dims, 1.0 / math.sqrt(self.head_dim)
+        self._rotary_tables(cfg.max_position_embeddings)
+
+    def _rotary_tables(self, length: int) -> None:
+        """cos and sign-folded sin per position: rotate_half(x) = [-x2, x1] = roll(x, half) * [-1.., +1..]."""
+        _, _, cos, sin = self.model.rotary._table(length, self.model.embed_in.weight.device)
+        half = self.rotary_dims // 2
+        signs = torch.tensor([-1.0] * half + [1.0] * half, device=sin.device)
+        self.cos_table, self.signed_sin_table = cos, sin * signs  # [positions, rd]
 
     def step(self, ids: torch.Tensor, cache) -> torch.Tensor:
         b, h, nh, hd = ids.size(0), self.model.cfg.hidden_size, self.heads, self.head_dim
-        pos = cache.length
-        cos, sin = self.model.rotary(1, ids.device, pos)  # [1, 1, 1, rd]
-        rd = cos.size(-1)
-        cos, sin = cos.view(1, 1, 1, rd), sin.view(1, 1, 1, rd)  # broadcast over [b, nh, 2 (q and k), rd]
+        pos, eps, half = cache.length, self.eps, self.rotary_dims // 2
+        if pos >= cache.max_len:
+            raise ValueError(f"KV cache overflow: position {pos} does not fit in max_len {cache.max_len}")
+        if pos >= self.cos_table.size(0):
+            self._rotary_tables(pos + 1)
+        cos, sin = self.cos_table[pos], self.signed_sin_table[pos]  # [rd]: broadcast over [b, nh, 2, rd]
         x = F.embedding(ids, self.model.embed_in.weight)  # [b, 1, h]
         for i, (w1, b1, wqkv, bqkv, wd, bd, w2, b2, wup, bup, wdown, bdown) in enumerate(self.layers):
-            a = F.layer_norm(x, (h,), w1, b1, self.eps)
+            a = torch.layer_norm(x, (h,), w1, b1, eps)
             qkv = F.linear(a, wqkv, bqkv).view(b, nh, 3, hd)  # per head [q, k, v]
-            qk = qkv[:, :, :2]  # [b, nh, 2, hd]: rotate q and k in one pass
-            if rd:
-                r1, r2 = qk[..., : rd // 2], qk[..., rd // 2: rd]
-                rotated = qk[..., :rd] * cos + torch.cat((-r2, r1), dim=-1) * sin
-                qk = torch.cat((rotated, qk[..., rd:]), dim=-1) if rd < hd else rotated
-            q, k, v = qk[:, :, 0:1], qk[:, :, 1:2], qkv[:, :, 2:3]  # [b, nh, 1, hd]
-            keys, values = cache.append(i, k, v)  # [b, nh, pos + 1, hd]
-            attn = F.scaled_dot_product_attention(q, keys, values, scale=1.0 / math.sqrt(hd))  # [b, nh, 1, hd]
+            if half:  # rotate q and k together, in place: x*cos + rotate_half(x)*sin on the first rd dims
+                qk = qkv.narrow(2, 0, 2).narrow(3, 0, 2 * half)  # [b, nh, 2, rd]
+                rolled = torch.roll(qk, half, dims=-1)  # a copy, taken before qk changes in place
+                qk.mul_(cos).addcmul_(rolled, sin)
+            keys, values = cache.keys[i], cache.values[i]  # [b, nh, max_len, hd]
+            keys.select(2, pos).copy_(qkv.select(2, 1))  # narrow/select: cheaper calls than python slicing
+            values.select(2, pos).copy_(qkv.select(2, 2))
+            attn = F.scaled_dot_product_attention(qkv.narrow(2, 0, 1), keys.narrow(2, 0, pos + 1),
+                                                  values.narrow(2, 0, pos + 1), scale=self.scale)  # [b, nh, 1, hd]
             attn = F.linear(attn.reshape(b, 1, h), wd, bd)  # [b, 1, h]
+            # Residual adds go in place into the fresh branch outputs: no new tensors per step.
             if self.parallel_residual:
-                m = F.layer_norm(x, (h,), w2, b2, self.eps)
-                x = x + attn + F.linear(F.gelu(F.linear(m, wup, bup)), wdown, bdown)
+                m = torch.layer_norm(x, (h,), w2, b2, eps)
+                x = F.linear(F.gelu(F.linear(m, wup, bup)), wdown, bdown).add_(attn).add_(x)
             else:
-                x = x + attn
-                m = F.layer_norm(x, (h,), w2, b2, self.eps)
-                x = x + F.linear(F.gelu(F.linear(m, wup, bup)), wdown, bdown)
+                x = attn.add_(x)
+                m = torch.layer_norm(x, (h,), w2, b2, eps)
+                x = F.linear(F.gelu(F.linear(m, wup, bup)), wdown, bdown).add_(x)
         cache.advance(1)
-        x = self.model.final_layer_norm(x)  # [b, 1, h] (a module call: contrastive search hooks its output)
+        norm = self.model.final_layer_norm
+        if norm._forward_hooks:  # contrastive search reads this output through a hook
+            x = norm(x)  # [b, 1, h]
+        else:
+            x = torch.layer_norm(x, (h,), norm.weight, norm.bias, eps)
         return F.linear(x[:, -1], self.out_weight)  # [b, v]
