@@ -42,6 +42,7 @@ test-all: install-test
 
 bench: install-test
 	$(PY) bench/train_throughput.py
+	$(PY) bench/generate_throughput.py
 	$(PY) bench/hf_load.py
 	$(PY) bench/humaneval_exec.py
 	$(PY) bench/preprocess_throughput.py

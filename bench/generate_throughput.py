@@ -22,32 +22,13 @@ from megatron_lite.config import GenerateConfig  # noqa: E402
 from megatron_lite.config_loader import load_config  # noqa: E402
 from megatron_lite.generation.engine import TextGenerator  # noqa: E402
 from megatron_lite.model.gpt import GPTModel  # noqa: E402
+from peers import transformers_twin  # noqa: E402
 
 
 class NoEodTokenizer:
     """Only what the engine needs when no stop rule is set: an end-of-document id that never occurs."""
 
     eod = -1
-
-
-def hf_copy(model, m):
-    """transformers GPTNeoXForCausalLM of the same shape holding the same weights."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    hf_cfg = GPTNeoXConfig(
-        vocab_size=m.padded_vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
-        num_attention_heads=m.num_attention_heads, intermediate_size=4 * m.hidden_size,
-        max_position_embeddings=m.max_position_embeddings, rotary_pct=m.rotary_pct, rotary_emb_base=m.rotary_emb_base,
-        use_parallel_residual=m.gpt_j_residual, tie_word_embeddings=not m.no_weight_tying,
-        layer_norm_eps=m.layernorm_epsilon, hidden_act="gelu", attn_implementation="sdpa",
-        eos_token_id=None, bos_token_id=None, pad_token_id=0,
-    )
-    peer = GPTNeoXForCausalLM(hf_cfg).eval()
-    out_name = "lm_head" if hasattr(peer, "lm_head") else "embed_out"  # transformers >= 5 says lm_head
-    state = {(k.replace("embed_out", out_name) if k.startswith("embed_out") else f"gpt_neox.{k}"): v
-             for k, v in model.state_dict().items()}
-    peer.load_state_dict(state, strict=False)
-    return peer
 
 
 def main():
@@ -64,7 +45,7 @@ def main():
     m.padded_vocab_size = args.vocab
     torch.manual_seed(0)
     model = GPTModel(m).eval()
-    peer = hf_copy(model, m)
+    peer = transformers_twin(model, m, eos_token_id=None, bos_token_id=None, pad_token_id=0).eval()
     prompt = torch.randint(1, args.vocab, (args.prompt_tokens,)).tolist()
 
     def ours(batch, new):

@@ -27,6 +27,7 @@ sys.path.insert(0, REPO)
 
 from megatron_lite.config_loader import load_config  # noqa: E402
 from megatron_lite.training.trainer import Trainer, get_batch  # noqa: E402
+from peers import transformers_twin  # noqa: E402
 
 
 def prepare_data(workdir: str) -> tuple:
@@ -47,32 +48,6 @@ def prepare_data(workdir: str) -> tuple:
     tool("tools/preprocess_data.py", "--input", corpus, "--tokenizer-type", "HFTokenizer", "--vocab-file",
          os.path.join(tok, "tokenizer.json"), "--append-eod", "--output-prefix", os.path.join(workdir, "bench"))
     return os.path.join(workdir, "bench_text_document"), os.path.join(tok, "tokenizer.json")
-
-
-def hf_peer(cfg, ours):
-    """A transformers GPTNeoXForCausalLM of the same shape holding our initial weights."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
-    m = cfg.model
-    hf_cfg = GPTNeoXConfig(
-        vocab_size=m.padded_vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
-        num_attention_heads=m.num_attention_heads, intermediate_size=4 * m.hidden_size,
-        max_position_embeddings=m.max_position_embeddings, rotary_pct=m.rotary_pct,
-        rotary_emb_base=m.rotary_emb_base, use_parallel_residual=m.gpt_j_residual,
-        tie_word_embeddings=not m.no_weight_tying, layer_norm_eps=m.layernorm_epsilon, hidden_act="gelu",
-        hidden_dropout=0.0, attention_dropout=0.0, attn_implementation="sdpa",
-    )
-    if hasattr(hf_cfg, "rope_parameters") and isinstance(hf_cfg.rope_parameters, dict):
-        hf_cfg.rope_parameters["partial_rotary_factor"] = m.rotary_pct
-    peer = GPTNeoXForCausalLM(hf_cfg)
-    # transformers >= 5 names the output layer lm_head in memory (embed_out on disk).
-    out_name = "lm_head" if hasattr(peer, "lm_head") else "embed_out"
-    state = {(k.replace("embed_out", out_name) if k.startswith("embed_out") else f"gpt_neox.{k}"): v
-             for k, v in ours.state_dict().items()}
-    missing, unexpected = peer.load_state_dict(state, strict=False)
-    params = dict(peer.named_parameters())
-    assert not unexpected and not [k for k in missing if k in params], (missing, unexpected)
-    return peer.train()
 
 
 def peer_step(peer, optimizer, batches, clip):
@@ -110,12 +85,12 @@ def main():
         cfg = load_config([args.config], overrides)
         cfg.log.peak_tflops = 1.0  # skip the CPU peak measurement: MFU is not reported here
         trainer = Trainer(cfg)
-        peer = hf_peer(cfg, trainer.model)
+        peer = transformers_twin(trainer.model, cfg.model).train()
         t = cfg.train
         tokens_per_step = t.train_batch_size * cfg.model.seq_length
         micro, gas = t.train_micro_batch_size_per_gpu, t.gradient_accumulation_steps
         peers = {"hf_default_adamw": peer_optimizer(peer, cfg.optim, fused=False)}
-        peer_fused = hf_peer(cfg, trainer.model)
+        peer_fused = transformers_twin(trainer.model, cfg.model).train()
         peers["hf_fused_adamw"] = peer_optimizer(peer_fused, cfg.optim, fused=True)
         models = {"hf_default_adamw": peer, "hf_fused_adamw": peer_fused}
 
