@@ -37,7 +37,7 @@ def main():
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=96)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=0, help="torch threads for both sides (0 = default)")
     args = parser.parse_args()
 
