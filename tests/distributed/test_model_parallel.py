@@ -79,11 +79,25 @@ def _dp_reduce():
     reducer.zero_grad()
     torch.manual_seed(100 + s.dp_rank)  # each rank its own data
     batches = [torch.randint(0, 250, (2, CFG["seq_length"] + 1)) for _ in range(2)]
+    launch, still_pending = reducer._launch, []
+
+    def recording_launch(i):  # how many other buckets still await gradients when bucket i is launched
+        still_pending.append(sum(1 for j, left in enumerate(reducer.pending) if left and j != i))
+        launch(i)
+
+    reducer._launch = recording_launch
     for j, tokens in enumerate(batches):  # two micro batches: only the last one reduces
         reducer.set_sync(j == len(batches) - 1)
         (lm_loss(a, tokens, torch.device("cpu"), "fp32") / 2).backward()
+        if j < len(batches) - 1:
+            assert reducer.work == [] and still_pending == []  # accumulation only
         (lm_loss(b, tokens, torch.device("cpu"), "fp32") / 2).backward()
+    # Overlap: every bucket's async all-reduce was launched from backward's hooks before finish(), the first
+    # while the other buckets' gradients were still being computed.
+    assert len(reducer.work) == len(reducer.buckets) and still_pending[0] == len(reducer.buckets) - 1
+    assert all(isinstance(w, torch.distributed.Work) for w in reducer.work)
     reducer.finish()
+    assert reducer.work == []
     reference_all_reduce(b.parameters(), s.dp_group, s.dp_size)
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-6), name

@@ -76,6 +76,43 @@ def test_checkpoints_load_at_another_tensor_parallel_size(runs):
     assert weights(root / "tp1_tp2")[1] == 2
 
 
+def test_checkpoint_padded_vocab_survives_a_tensor_parallel_size_change(micro_config, small_corpus, tmp_path):
+    """A ~1100-token vocabulary pads to 1152 rows at tp=1 but 1280 at tp=2 (multiples of 128 x tp): a checkpoint
+    loads at the other tp size with the row count it was trained with, both ways (the 1024-token test
+    tokenizer pads alike at both sizes and cannot show this)."""
+    run_tool("tools/train_tokenizer.py", "--input", str(small_corpus["corpus"]), "--vocab-size", "1100",
+             "--output", str(tmp_path / "tok1100"))
+    tok = ["--vocab-file", str(tmp_path / "tok1100" / "tokenizer.json"), "--train-iters", "1", "--eval-interval", "100"]
+    tp2 = ["--num-procs", "2", "--model-parallel-size", "2"]
+    more = ["--train-iters", "2"]
+    train(micro_config, tmp_path / "a_tp1", *tok)
+    train(micro_config, tmp_path / "a_tp1_tp2", *tok, *tp2, *more, "--load", str(tmp_path / "a_tp1"))
+    train(micro_config, tmp_path / "b_tp2", *tok, *tp2)
+    back = train(micro_config, tmp_path / "b_tp2_tp1", *tok, *more, "--load", str(tmp_path / "b_tp2"))
+    rows = {name: (weights(tmp_path / name)[0]["embed_in.weight"].size(0), weights(tmp_path / name)[1])
+            for name in ("a_tp1", "a_tp1_tp2", "b_tp2", "b_tp2_tp1")}
+    assert rows == {"a_tp1": (1152, 1), "a_tp1_tp2": (1152, 2), "b_tp2": (1280, 2), "b_tp2_tp1": (1280, 1)}
+    assert list(back) == [2]  # resumed at step 2 from the tp=2 checkpoint
+
+
+def test_checkpoint_padded_vocab_that_tp_does_not_divide_is_a_clear_error(small_corpus, tmp_path):
+    from megatron_lite.build import build_tokenizer_for
+    from megatron_lite.config import Config
+    from megatron_lite.errors import UserError
+
+    ckpt = tmp_path / "global_step3"
+    ckpt.mkdir()
+    (ckpt / "trainer_state.json").write_text("{}")
+    (ckpt / "config.yml").write_text("padded_vocab_size: 1025\n")  # trained with make-vocab-size-divisible-by 1
+    cfg = Config()
+    cfg.data.vocab_file, cfg.train.load, cfg.parallel.model_parallel_size = str(small_corpus["tokenizer"]), str(ckpt), 2
+    with pytest.raises(UserError, match="1025 rows, which model-parallel-size 2 does not divide"):
+        build_tokenizer_for(cfg)
+    cfg.parallel.model_parallel_size = 1
+    build_tokenizer_for(cfg)
+    assert cfg.model.padded_vocab_size == 1025
+
+
 def test_resume_is_exact_with_tp2_dp2_and_dropout(micro_config, tmp_path):
     """4 processes, dropout on: stopping at step 2 and resuming gives the uninterrupted run's steps 3-4 exactly
     (every rank restores its own dropout streams, tp-region one included)."""

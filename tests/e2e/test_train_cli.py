@@ -24,7 +24,8 @@ def test_train_eval_generate(tmp_path, micro_config, small_corpus):
     assert set(log[200]) >= {"loss", "lr", "grad_norm", "loss_scale", "tokens_per_s", "mfu", "val_loss", "val_ppl"}
     assert log[200]["loss"] < log[1]["loss"] - 1.0
     _, valid, _ = build_train_valid_test_datasets(small_corpus["prefix"], "949,50,1", 64, (0, 1, 0), 1234)
-    assert log[200]["val_loss"] < unigram_entropy(valid)  # the model uses context: better than unigram
+    # The model uses context: clearly better than unigram (it reaches ~4.90 nats against the unigram's ~5.33).
+    assert log[200]["val_loss"] < unigram_entropy(valid) - 0.25
     ckpt = tmp_path / "ckpt"
     assert open(ckpt / "latest").read().strip() == "global_step200"
     assert (ckpt / "global_step200" / "config.yml").exists()
@@ -49,9 +50,14 @@ def test_train_eval_generate(tmp_path, micro_config, small_corpus):
 
 
 def test_resume_is_exact(tmp_path, micro_config):
-    """20 iterations straight == 10, stop, resume, 10 more (fp32 CPU, dropout on)."""
+    """20 iterations straight == 10, stop, resume, 10 more (fp32 CPU, dropout on). The straight run also saves
+    every 6 iterations and keeps the last 2 (saving does not perturb training)."""
     straight_logs, split_logs = tmp_path / "straight", tmp_path / "split"
-    run_tool("deepy.py", "train.py", micro_config, "--save", str(tmp_path / "a"), "--log-dir", str(straight_logs))
+    run_tool("deepy.py", "train.py", micro_config, "--save", str(tmp_path / "a"), "--log-dir", str(straight_logs),
+             "--save-interval", "6", "--keep-last-n-checkpoints", "2")
+    # saved at 6, 12, 18 and at the end (20); pruning keeps the last two
+    assert sorted(os.listdir(tmp_path / "a")) == ["global_step18", "global_step20", "latest"]
+    assert open(tmp_path / "a" / "latest").read().strip() == "global_step20"
     run_tool("deepy.py", "train.py", micro_config, "--save", str(tmp_path / "b"), "--log-dir", str(split_logs),
              "--exit-interval", "10")
     assert open(tmp_path / "b" / "latest").read().strip() == "global_step10"

@@ -14,7 +14,7 @@ from megatron_lite.errors import UserError
 from megatron_lite.training import checkpoint as C
 from megatron_lite.training.loss_scaler import LossScaler
 from megatron_lite.training.lr_schedule import LRSchedule
-from megatron_lite.training.optim import build_optimizer
+from megatron_lite.training.optim import build_optimizer, clip_grad_norm
 
 
 def schedule(style, **kw):
@@ -71,6 +71,23 @@ def test_no_weight_decay_on_biases_and_norms():
     opt = build_optimizer(model, OptimConfig(weight_decay=0.1))
     decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decayed == {id(model[0].weight)}
+
+
+def test_clip_grad_norm_scales_large_gradients_to_the_limit():
+    """Returns the norm before clipping; afterwards the global norm is the limit and each direction is kept."""
+    params = [torch.nn.Parameter(torch.zeros(shape)) for shape in ((4,), (2, 2), (3,))]
+    params[0].grad = torch.full((4,), 30.0)  # norm 60
+    params[1].grad = torch.tensor([[80.0, 0.0], [0.0, 0.0]])  # norm 80; params[2] has no gradient
+    before = [p.grad.clone() for p in params[:2]]
+    assert clip_grad_norm(params, 1.0) == pytest.approx(100.0)
+    after = torch.cat([p.grad.flatten() for p in params[:2]])
+    assert after.norm().item() == pytest.approx(1.0, rel=1e-5)
+    for p, g in zip(params, before):
+        assert torch.allclose(p.grad, g / 100.0, rtol=1e-5)
+    assert params[2].grad is None
+    small = [p.grad.clone() for p in params[:2]]  # now within the limit: left as they are
+    assert clip_grad_norm(params, 2.0) == pytest.approx(1.0, rel=1e-5)
+    assert all(torch.equal(p.grad, g) for p, g in zip(params, small))
 
 
 def _trained(seed=0):
