@@ -12,15 +12,19 @@ DEMO := data/stdlib
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-$(VENV)/.installed: setup.py
+# The fused kernels (csrc/) compile at install against the pinned torch, hence --no-build-isolation.
+$(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install torch==$(TORCH_VERSION)
-	$(PY) -m pip install -e .
+	$(PY) -m pip install torch==$(TORCH_VERSION) ninja setuptools wheel
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install -e ".[test,bench,deepspeed,mpi]"
+$(VENV)/.installed: $(VENV)/.torch setup.py $(wildcard csrc/*)
+	$(PY) -m pip install --no-build-isolation -e .
 	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.torch setup.py $(wildcard csrc/*)
+	$(PY) -m pip install --no-build-isolation -e ".[test,bench,deepspeed,mpi]"
+	touch $@ $(VENV)/.installed
 
 demo: install
 	$(PY) tools/collect_corpus.py --input $(STDLIB) --languages Python --output $(DEMO)/corpus.jsonl \
@@ -49,4 +53,4 @@ bench: install-test
 	$(PY) bench/scaling.py
 
 clean:
-	rm -rf $(VENV) $(DEMO) checkpoints runs
+	rm -rf $(VENV) $(DEMO) checkpoints runs build megatron_lite/_fused_*.so

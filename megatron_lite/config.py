@@ -39,8 +39,14 @@ class ModelConfig:
     init_method_std: float = opt(0.02, "std for the 'normal' and 'scaled_normal' init methods")
     make_vocab_size_divisible_by: int = opt(128, "pad the vocabulary to a multiple of this (times tp size)")
     padded_vocab_size: Optional[int] = opt(None, "derived from the tokenizer unless given")
-    attention_impl: str = opt("sdpa", "attention kernel: sdpa (torch scaled_dot_product_attention) | reference")
+    attention_impl: str = opt("auto", "attention: auto (fastest measured) | sdpa (torch scaled_dot_product_attention)"
+                                      " | fused (scores + csrc softmax kernels) | reference (plain torch)")
+    scaled_upper_triang_masked_softmax_fusion: bool = opt(False, "fused causal softmax kernel (auto uses it where "
+                                                                 "faster than SDPA: CPU bf16)")
+    scaled_masked_softmax_fusion: bool = opt(False, "fused masked softmax kernel for queries after cached keys")
+    bias_gelu_fusion: bool = opt(False, "fused bias + GeLU kernel; GeLU in its tanh form, as GPT-NeoX's kernel")
     checkpoint_activations: bool = opt(False, "recompute each layer's activations in backward to save memory")
+    checkpoint_num_layers: int = opt(1, "layers per activation checkpoint (inputs kept every this many layers)")
 
 
 @dataclass
@@ -110,6 +116,7 @@ class TrainConfig:
     eval_iters: int = opt(10, "validation batches per evaluation")
     finetune: bool = opt(False, "load weights only: reset iteration, optimizer and data position")
     exit_interval: Optional[int] = opt(None, "stop (after saving) once iteration reaches a multiple of this")
+    torch_compile: bool = opt(False, "compile the model with torch.compile (first steps are slower)")
 
 
 @dataclass
@@ -120,6 +127,8 @@ class PrecisionConfig:
     loss_scale_window: int = opt(1000, "fp16: steps without overflow before the scale doubles")
     hysteresis: int = opt(2, "fp16: overflows tolerated before the scale halves")
     min_loss_scale: float = opt(1.0, "fp16: the scale never drops below this")
+    max_consecutive_overflows: int = opt(100, "stop training after this many skipped (overflowed) steps in a row; "
+                                              "0 = never")
 
 
 @dataclass

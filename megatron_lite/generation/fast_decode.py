@@ -27,6 +27,7 @@ class FastDecoder:
         self.model, self.eps = model, cfg.layernorm_epsilon
         self.heads, self.head_dim = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
         self.parallel_residual = cfg.gpt_j_residual
+        self.gelu = "tanh" if cfg.bias_gelu_fusion else "none"  # the fused kernel's form (see model.gpt.MLP)
         self.layers = [
             (layer.input_layernorm.weight, layer.input_layernorm.bias,
              layer.attention.query_key_value.weight, layer.attention.query_key_value.bias,
@@ -72,11 +73,11 @@ class FastDecoder:
             # Residual adds go in place into the fresh branch outputs: no new tensors per step.
             if self.parallel_residual:
                 m = torch.layer_norm(x, (h,), w2, b2, eps)
-                x = F.linear(F.gelu(F.linear(m, wup, bup)), wdown, bdown).add_(attn).add_(x)
+                x = F.linear(F.gelu(F.linear(m, wup, bup), approximate=self.gelu), wdown, bdown).add_(attn).add_(x)
             else:
                 x = attn.add_(x)
                 m = torch.layer_norm(x, (h,), w2, b2, eps)
-                x = F.linear(F.gelu(F.linear(m, wup, bup)), wdown, bdown).add_(x)
+                x = F.linear(F.gelu(F.linear(m, wup, bup), approximate=self.gelu), wdown, bdown).add_(x)
         cache.advance(1)
         norm = self.model.final_layer_norm
         if norm._forward_hooks:  # contrastive search reads this output through a hook

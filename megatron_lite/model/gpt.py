@@ -1,7 +1,5 @@
 """GPT-NeoX decoder in [batch, seq, hidden] layout; parameter names match Hugging Face GPTNeoXForCausalLM."""
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,6 +7,8 @@ from torch.utils.checkpoint import checkpoint
 
 from megatron_lite.config import ModelConfig
 from megatron_lite.errors import UserError
+from megatron_lite.model import fused
+from megatron_lite.model.attention import attention_core
 from megatron_lite.model.init import init_weights
 from megatron_lite.model.kv_cache import KVCache
 from megatron_lite.model.rotary import RotaryEmbedding, apply_rotary, rotary_dims
@@ -19,7 +19,7 @@ from megatron_lite.parallel.mappings import copy_to_tp_region
 from megatron_lite.parallel.random import TRACKER
 
 SUPPORTED = {"pos_emb": ("rotary",), "norm": ("layernorm",), "activation": ("gelu",),
-             "attention_impl": ("sdpa", "reference")}
+             "attention_impl": ("auto", "sdpa", "fused", "reference")}
 
 
 def check_model_config(cfg: ModelConfig) -> None:
@@ -37,29 +37,6 @@ def check_model_config(cfg: ModelConfig) -> None:
         raise UserError("key 'padded_vocab_size' is not set: it is derived from the tokenizer before the model")
 
 
-def causal_mask(q_len: int, k_len: int, device) -> torch.Tensor:
-    """[q_len, k_len] bool, True where query i (the last q_len of k_len positions) may attend to key j."""
-    return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=k_len - q_len)
-
-
-def reference_attention(q, k, v, dropout_p: float) -> torch.Tensor:
-    """Readable attention: q [b, nh, sq, d], k/v [b, nh, sk, d] -> [b, nh, sq, d]; softmax in fp32."""
-    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.size(-1))  # [b, nh, sq, sk]
-    scores = scores.masked_fill(~causal_mask(q.size(2), k.size(2), q.device), float("-inf"))
-    probs = F.dropout(scores.softmax(dim=-1).to(v.dtype), p=dropout_p)  # dropout_p is 0 outside training
-    return probs @ v
-
-
-def sdpa_attention(q, k, v, dropout_p: float) -> torch.Tensor:
-    """torch's fused attention; with cached keys (sk > sq) the causal mask is offset explicitly."""
-    sq, sk = q.size(2), k.size(2)
-    if sq == sk:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-    # is_causal aligns the mask top-left, which is wrong for new queries after cached keys.
-    mask = None if sq == 1 else causal_mask(sq, sk, q.device)  # one new token sees every key
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-
-
 class Attention(nn.Module):
     """Causal self-attention with a fused QKV projection laid out per head as [q, k, v] (as GPT-NeoX).
 
@@ -73,7 +50,7 @@ class Attention(nn.Module):
         self.query_key_value = column_linear(h, 3 * h)
         self.dense = row_linear(h, h)
         self.dropout_p = cfg.attention_dropout
-        self.attend = sdpa_attention if cfg.attention_impl == "sdpa" else reference_attention
+        self.impl = (cfg.attention_impl, cfg.scaled_upper_triang_masked_softmax_fusion, cfg.scaled_masked_softmax_fusion)
 
     def forward(self, x, cos, sin, kv_cache: KVCache = None):
         b, s, _ = x.shape
@@ -84,21 +61,30 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.append(self.layer_idx, k, v)  # [b, nh, past + s, d]
             k, v = k.to(q.dtype), v.to(q.dtype)
+        attend = attention_core(*self.impl, q.device.type, q.dtype)  # q's dtype is autocast's
         with TRACKER.fork():  # attention dropout acts on this rank's own heads
-            out = self.attend(q, k, v, self.dropout_p if self.training else 0.0)  # [b, nh, s, d]
+            out = attend(q, k, v, self.dropout_p if self.training else 0.0)  # [b, nh, s, d]
         return self.dense(out.transpose(1, 2).reshape(b, s, -1))  # [b, s, h]
 
 
 class MLP(nn.Module):
-    """h -> 4h -> GeLU (exact erf) -> h."""
+    """h -> 4h -> GeLU -> h. GeLU is exact (erf), or with bias_gelu_fusion the tanh form fused with the bias
+    add, as GPT-NeoX's bias_gelu kernel."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.dense_h_to_4h = column_linear(cfg.hidden_size, 4 * cfg.hidden_size)
         self.dense_4h_to_h = row_linear(4 * cfg.hidden_size, cfg.hidden_size)
+        self.bias_gelu_fusion = cfg.bias_gelu_fusion
 
     def forward(self, x):
-        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x)))  # [b, s, h]
+        if not self.bias_gelu_fusion:
+            return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x)))  # [b, s, h]
+        up = self.dense_h_to_4h  # nn.Linear or ColumnParallelLinear: the bias goes into the kernel
+        pre = F.linear(copy_to_tp_region(x), up.weight)  # [b, s, 4h / tp]
+        kernel = fused.use_kernel("bias-gelu-fusion", pre.device, pre.dtype)
+        act = fused.bias_gelu(pre, up.bias, kernel) if kernel else fused.bias_gelu_reference(pre, up.bias)
+        return self.dense_4h_to_h(act)  # [b, s, h]
 
 
 class TransformerLayer(nn.Module):
@@ -151,6 +137,11 @@ class GPTModel(nn.Module):
                        self.cfg.hidden_size // heads,
                        dtype or p.dtype, device or p.device)
 
+    def _run_layers(self, start: int, end: int, x, cos, sin, kv_cache: KVCache = None):
+        for layer in self.layers[start:end]:
+            x = layer(x, cos, sin, kv_cache)
+        return x
+
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor = None,
                 kv_cache: KVCache = None, last_only: bool = False) -> torch.Tensor:
         """Logits [b, s, v] ([b, 1, v] with last_only, as decoding needs). With a kv_cache only the new
@@ -159,12 +150,15 @@ class GPTModel(nn.Module):
         offset = kv_cache.length if kv_cache is not None else 0
         cos, sin = self.rotary(s, input_ids.device, offset, position_ids)  # [1 or b, s, 1, rotary dims]
         x = self.embed_dropout(self.embed_in(input_ids))  # [b, s, h]
-        for layer in self.layers:
-            if self.checkpoint_activations and self.training and kv_cache is None:
-                # Keep only layer inputs; recompute the insides in backward (dropout RNG is replayed).
-                x = checkpoint(layer, x, cos, sin, use_reentrant=False, context_fn=TRACKER.recompute_contexts)
-            else:
-                x = layer(x, cos, sin, kv_cache)
+        if self.checkpoint_activations and self.training and kv_cache is None:
+            # Keep only the input of every checkpoint_num_layers layers; recompute the rest in backward
+            # (dropout RNG is replayed).
+            step = self.cfg.checkpoint_num_layers
+            for start in range(0, len(self.layers), step):
+                x = checkpoint(self._run_layers, start, start + step, x, cos, sin, use_reentrant=False,
+                               context_fn=TRACKER.recompute_contexts)
+        else:
+            x = self._run_layers(0, len(self.layers), x, cos, sin, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(s)
         if last_only:

@@ -92,6 +92,8 @@ class Trainer:
         if self.train_data is None:
             raise UserError(f"split '{cfg.data.split}' leaves no training data (key 'split')")
         self.model = GPTModel(cfg.model).to(self.device)
+        # The compiled wrapper shares the model's parameters; saving and loading go through self.model.
+        self.forward_model = torch.compile(self.model) if t.torch_compile else self.model
         TRACKER.seed(t.seed)  # after init, which must be equal on every rank; dropout streams differ from here
         use_zero = cfg.optim.zero_stage > 0 and self.par.dp_size > 1  # DeepSpeed then reduces the gradients
         self.reducer = GradReducer(self.model.parameters(), self.par.dp_group, self.par.dp_size,
@@ -99,6 +101,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.schedule = LRSchedule(cfg.optim)
         self.scaler = LossScaler(cfg.precision)
+        self.overflows_in_a_row = 0
         self.state = TrainerState()
         if t.load:
             self.state = load_checkpoint(t.load, self.model, self.optimizer, self.par, weights_only=t.finetune)
@@ -162,7 +165,7 @@ class Trainer:
             if self.reducer:
                 self.reducer.set_sync(j == gas - 1)  # all-reduce during the last micro batch's backward
             tokens = get_batch(self.train_data, first + j * micro, micro, self.device)
-            loss = lm_loss(self.model, tokens, self.device, precision)
+            loss = lm_loss(self.forward_model, tokens, self.device, precision)
             (loss * (self.scaler.scale / gas)).backward()
             total += loss.detach()
         if self.reducer:
@@ -172,13 +175,24 @@ class Trainer:
             torch._foreach_mul_([p.grad for p in params], 1.0 / self.scaler.scale)
         clip = self.cfg.optim.gradient_clipping or math.inf
         grad_norm = clip_grad_norm(params, clip, self.par.tp_group if self.par.tp_size > 1 else None)
-        overflow = not math.isfinite(grad_norm)
+        overflow = not math.isfinite(grad_norm)  # the norm is reduced over tp ranks; dp gradients are already equal
         if overflow:
             self.state.skipped_iters += 1
         else:
             self.optimizer.step()
         self.scaler.update(overflow)
+        self._check_overflow_run(overflow)
         return self._finish_step(total, lr, grad_norm)
+
+    def _check_overflow_run(self, overflow: bool) -> None:
+        """Stop with a clear message once max_consecutive_overflows steps in a row were skipped."""
+        self.overflows_in_a_row = self.overflows_in_a_row + 1 if overflow else 0
+        limit = self.cfg.precision.max_consecutive_overflows
+        if limit and self.overflows_in_a_row >= limit:
+            raise UserError(
+                f"training stopped at iteration {self.state.iteration + 1}: {self.overflows_in_a_row} steps in a row "
+                f"had inf/nan gradients (loss scale now {self.scaler.scale:g}; key 'max_consecutive_overflows'); "
+                "lower the learning rate, use bf16, or resume from the last checkpoint")
 
     def _finish_step(self, total: torch.Tensor, lr: float, grad_norm: float) -> dict:
         t = self.cfg.train
@@ -197,7 +211,7 @@ class Trainer:
         self.model.eval()
         micro, dp = t.train_micro_batch_size_per_gpu, self.par.dp_size
         starts = range(0, t.eval_iters * t.train_batch_size, micro)[self.par.dp_rank::dp]  # equal share per dp rank
-        losses = [lm_loss(self.model, get_batch(self.valid_data, start, micro, self.device), self.device,
+        losses = [lm_loss(self.forward_model, get_batch(self.valid_data, start, micro, self.device), self.device,
                           self.cfg.precision.precision) for start in starts]
         loss = dp_mean(torch.stack(losses).mean(), self.par).item()
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}

@@ -1,0 +1,57 @@
+// Shared helpers of the CPU kernels: bf16 <-> fp32 and exp / tanh written as branch-free
+// float arithmetic so that GCC vectorises the loops that call them (std::exp would not be).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include <c10/util/BFloat16.h>
+
+namespace fused_cpu {
+
+inline float to_float(float x) { return x; }
+inline float to_float(c10::BFloat16 x) {  // bf16 is the high half of an fp32
+  uint32_t bits = static_cast<uint32_t>(x.x) << 16;
+  float out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+template <typename T> inline T from_float(float x);
+template <> inline float from_float<float>(float x) { return x; }
+template <> inline c10::BFloat16 from_float<c10::BFloat16>(float x) {
+  // Round to nearest even, as torch does; any NaN becomes the quiet NaN.
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  c10::BFloat16 out;
+  out.x = x != x ? uint16_t{0x7FC0} : static_cast<uint16_t>(bits >> 16);
+  return out;
+}
+
+// exp(x) for x in [-87.3, 88] (clamped), Cephes' degree-6 polynomial on [-ln2/2, ln2/2]:
+// within 2 ulp of std::exp, and vectorisable.
+inline float fast_exp(float x) {
+  x = x < -87.3f ? -87.3f : (x > 88.0f ? 88.0f : x);
+  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;  // x - n ln2, ln2 split in two parts
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+// tanh(z) = 1 - 2 / (exp(2z) + 1); |z| > 9 is +-1 in fp32.
+inline float fast_tanh(float z) {
+  z = z < -9.0f ? -9.0f : (z > 9.0f ? 9.0f : z);
+  return 1.0f - 2.0f / (fast_exp(2.0f * z) + 1.0f);
+}
+
+}  // namespace fused_cpu

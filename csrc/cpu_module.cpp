@@ -1,0 +1,23 @@
+// Python bindings of the CPU kernels: megatron_lite._fused_cpu (built by setup.py).
+#include <torch/extension.h>
+
+#include <vector>
+
+namespace fused_cpu {
+torch::Tensor causal_softmax_forward(torch::Tensor x, double scale);
+torch::Tensor causal_softmax_backward(torch::Tensor grad, torch::Tensor y, double scale);
+torch::Tensor masked_softmax_forward(torch::Tensor x, torch::Tensor mask, double scale);
+torch::Tensor masked_softmax_backward(torch::Tensor grad, torch::Tensor y, double scale);
+torch::Tensor bias_gelu_forward(torch::Tensor x, torch::Tensor bias);
+std::vector<torch::Tensor> bias_gelu_backward(torch::Tensor grad, torch::Tensor x, torch::Tensor bias);
+}  // namespace fused_cpu
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "megatron_lite fused CPU kernels (fp32, bf16)";
+  m.def("causal_softmax_forward", &fused_cpu::causal_softmax_forward, "softmax(scale * x) under a causal mask");
+  m.def("causal_softmax_backward", &fused_cpu::causal_softmax_backward, "its gradient from the output");
+  m.def("masked_softmax_forward", &fused_cpu::masked_softmax_forward, "softmax(scale * x) under a boolean mask");
+  m.def("masked_softmax_backward", &fused_cpu::masked_softmax_backward, "its gradient from the output");
+  m.def("bias_gelu_forward", &fused_cpu::bias_gelu_forward, "gelu_tanh(x + bias)");
+  m.def("bias_gelu_backward", &fused_cpu::bias_gelu_backward, "(grad x, grad bias)");
+}
