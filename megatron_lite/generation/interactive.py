@@ -52,27 +52,28 @@ def apply_command(command: str, cfg, out) -> bool:
 
 
 def run_interactive(generator, read_line=input, out=sys.stdout) -> list:
-    """The session loop; returns the (prompt, Completion) pairs produced."""
+    """The session loop; returns the (prompt, Completion) pairs produced.
+
+    Ctrl-C at any point of an iteration keeps the session: during generation it cancels that generation,
+    otherwise it drops the prompt being typed (so a Ctrl-C that arrives just as a generation ends is safe)."""
     print(HELP, file=out, flush=True)
     samples = []
     while True:
+        generating = False
         try:
             prompt = read_prompt(read_line)
-        except KeyboardInterrupt:  # Ctrl-C while typing drops the prompt, keeps the session
-            print("\n(prompt cleared)", file=out, flush=True)
-            continue
-        if prompt is None:
-            break
-        if prompt.startswith("/"):
-            if not apply_command(prompt, generator.cfg, out):
+            if prompt is None:
                 break
-            continue
-        prompt = unescape(prompt)
-        try:
+            if prompt.startswith("/"):
+                if not apply_command(prompt, generator.cfg, out):
+                    break
+                continue
+            prompt = unescape(prompt)
+            generating = True
             completion = generator.complete(prompt, 1, on_text=lambda t: print(t, end="", file=out, flush=True))[0]
+            generating = False
+            samples.append((prompt, completion))
+            print(f"\n[{completion.length} tokens, {completion.duration_seconds:.2f}s]", file=out, flush=True)
         except KeyboardInterrupt:
-            print("\n(generation cancelled)", file=out, flush=True)
-            continue
-        print(f"\n[{completion.length} tokens, {completion.duration_seconds:.2f}s]", file=out, flush=True)
-        samples.append((prompt, completion))
+            print("\n(generation cancelled)" if generating else "\n(prompt cleared)", file=out, flush=True)
     return samples

@@ -1,6 +1,5 @@
 """eval.py from the command line: perplexity per language (one and two ranks), HumanEval, bad input."""
 
-import importlib.util
 import json
 import os
 import re
@@ -133,7 +132,6 @@ def test_bad_input_is_one_line(trained, extra, message):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="lm-eval (optional extra) is not installed")
 def test_lm_eval_harness_scores_what_eval_py_scores(tmp_path, trained):
     """lm-eval's bits per byte of a local task (its own metric code) equals eval.py's on the same files."""
     config, ckpt = trained

@@ -43,6 +43,19 @@ def test_input_file_text_keeps_whitespace_exactly(checkpoint, tmp_path):
         assert 0 < r["length"] <= 8 and r["duration_seconds"] > 0
 
 
+def test_unconditional_samples_go_to_stdout_and_the_output_file(checkpoint, tmp_path):
+    cfg, _ = checkpoint
+    out = tmp_path / "unconditional.jsonl"
+    proc = run_tool("deepy.py", "generate.py", cfg, "--text-gen-type", "unconditional", "--num-samples", "2",
+                    "--maximum-tokens", "16", "--temperature", "0.8", "--sample-output-file", str(out))
+    records = [json.loads(line) for line in open(out)]
+    assert len(records) == 2
+    for i, r in enumerate(records):
+        assert r["context"] == "" and r["text"] and 0 < r["length"] <= 16
+        text = r["text"].replace("\r\n", "\n").replace("\r", "\n")  # stdout is read with universal newlines
+        assert f"--- sample {i + 1} ---\n{text}\n" in proc.stdout
+
+
 def test_input_file_jsonl_gives_many_prompts_and_seeds_repeat(checkpoint, tmp_path):
     cfg, _ = checkpoint
     prompts = tmp_path / "prompts.jsonl"
@@ -77,18 +90,30 @@ class Terminal:
             os.execv(sys.executable, [sys.executable, *argv])
         self.seen = ""
 
-    def expect(self, text, timeout=60):
+    def _read(self, deadline, waiting_for):
+        ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.time()))
+        if not ready:
+            raise AssertionError(f"timed out waiting for {waiting_for}; screen so far:\n{self.seen}")
+        try:
+            self.seen += os.read(self.fd, 4096).decode(errors="replace")
+        except OSError:
+            raise AssertionError(f"program ended before {waiting_for}; screen:\n{self.seen}") from None
+
+    def expect(self, *texts, timeout=60):
+        """Wait for the first of `texts` to appear; returns (the screen up to and including it, which text)."""
         deadline = time.time() + timeout
-        while text not in self.seen:
-            ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.time()))
-            if not ready:
-                raise AssertionError(f"timed out waiting for {text!r}; screen so far:\n{self.seen}")
-            try:
-                self.seen += os.read(self.fd, 4096).decode(errors="replace")
-            except OSError:
-                raise AssertionError(f"program ended before {text!r}; screen:\n{self.seen}") from None
-        at = self.seen.index(text) + len(text)
-        before, self.seen = self.seen[:at], self.seen[at:]
+        while not any(text in self.seen for text in texts):
+            self._read(deadline, " or ".join(map(repr, texts)))
+        at, text = min((self.seen.index(text), text) for text in texts if text in self.seen)
+        before, self.seen = self.seen[:at + len(text)], self.seen[at + len(text):]
+        return before, text
+
+    def expect_output(self, timeout=60):
+        """Wait for anything new on the screen and take it."""
+        deadline = time.time() + timeout
+        while not self.seen:
+            self._read(deadline, "output")
+        before, self.seen = self.seen, ""
         return before
 
     def type(self, text):
@@ -113,23 +138,40 @@ def test_interactive_session(checkpoint):
     term = Terminal(["deepy.py", "generate.py", cfg, "--text-gen-type", "interactive", "--recompute", "true"])
     try:
         term.expect(">>> ")
-        term.type("/length 5\n")
-        term.expect("length = 5")
+        for command, ack in [("/length 5", "length = 5"), ("/temperature 0.5", "temperature = 0.5"),
+                             ("/top_p 0.9", "top_p = 0.9"), ("/settings", "temperature 0.5  top_p 0.9  top_k 0  length 5")]:
+            term.type(command + "\n")
+            term.expect(ack)
         term.type("def add(a,\n")
         term.expect("... ")
         term.type("        b):\n\n")  # a multi-line prompt ends with an empty line
-        term.expect("[5 tokens")
+        screen, _ = term.expect("[5 tokens")
+        # the terminal echoes the typed lines at once; then come the "... " prompt, the generated text, the summary
+        text = screen.split("b):", 1)[1].split("... ", 1)[1][:-len("[5 tokens")]
+        assert text.endswith("\r\n") and len(text) > 2, screen  # the completion, then the summary on its own line
+
         term.type("/length 2000\n")
         term.expect("length = 2000")
-        term.type("x = 1\\n\n\n")  # escaped newline accepted
-        time.sleep(1.0)
-        term.type("\x03")  # Ctrl-C: cancels this generation, keeps the session
-        term.expect("(generation cancelled)")
+        for attempt in range(3):  # a sample may end (end-of-document) before Ctrl-C lands: then try another prompt
+            term.type(f"x = {attempt}\\n\n\n")  # escaped newline accepted
+            term.expect("... ")
+            streamed = term.expect_output()  # text streams while the generation runs, before any summary
+            term.type("\x03")  # Ctrl-C: cancels this generation, keeps the session
+            screen, outcome = term.expect("(generation cancelled)", "(prompt cleared)")
+            if outcome == "(generation cancelled)":
+                assert "tokens, " not in streamed + screen
+                break
+            assert " tokens, " in screen  # it finished first; the Ctrl-C then only cleared the next prompt
+        else:
+            raise AssertionError("every 2000-token sample ended before Ctrl-C reached it")
+        assert streamed.strip()
+
         term.type("/length 3\n")
         term.expect("length = 3")
         term.type("y\n\n")
         term.expect("[3 tokens")
-        term.type("/exit\n")
+        term.expect(">>> ")
+        term.type("\x04")  # Ctrl-D at an empty prompt ends the session
         assert term.close() == 0
     finally:
         try:

@@ -5,13 +5,12 @@ import shutil
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file
 
 from megatron_lite.config_loader import load_config
 from tests.conftest import run_tool
 from tests.unit.test_interop_neox import WritesMarker, known_model, write_neox_checkpoint
-
-transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")

@@ -116,6 +116,39 @@ def test_shipped_configs_load(name):
     assert cfg.model.pos_emb == "rotary" and cfg.model.no_weight_tying
 
 
+def shipped(*names):
+    return load_config([os.path.join(CONFIGS, name) for name in names])
+
+
+def test_shipped_generation_config_merges_with_the_model_and_paths():
+    cfg = shipped("tiny.yml", "local_setup.yml", "text_generation.yml")
+    g = cfg.generate
+    assert (g.text_gen_type, g.maximum_tokens, g.temperature, g.top_p, g.num_samples) == ("unconditional", 96, 0.6, 0.95, 1)
+    assert not g.recompute and g.sample_output_file is None
+    assert cfg.data.vocab_file == "data/stdlib/tokenizer/tokenizer.json" and cfg.train.load == "checkpoints/tiny"
+    assert (cfg.model.num_layers, cfg.model.hidden_size, cfg.precision.precision, cfg.train.seed) == (4, 256, "bf16", 1234)
+
+
+@pytest.mark.parametrize("with_paths", [False, True])
+def test_shipped_eval_configs_merge_with_the_model(with_paths):
+    paths = ("local_setup.yml",) if with_paths else ()
+    ppl = shipped("tiny.yml", *paths, "eval_perplexity.yml")
+    e = ppl.eval
+    assert (e.eval_tasks, e.eval_data_dir, e.eval_batch_size, e.eval_results_prefix) == (
+        ["perplexity"], "data/eval_languages", 4, "runs/eval/tiny")
+    assert e.eval_context_length is None and e.eval_languages == [] and ppl.model.seq_length == 256
+    he = shipped("tiny.yml", *paths, "eval_humaneval.yml")
+    e, g = he.eval, he.generate
+    assert (e.eval_tasks, e.humaneval_num_samples, e.humaneval_batch_size, e.humaneval_k) == (["humaneval"], 10, 10, [1, 10, 100])
+    assert (e.humaneval_cpu_timeout, e.humaneval_memory_mb, e.humaneval_limit) == (3.0, 1024, None)
+    assert (g.maximum_tokens, g.temperature, g.top_p, g.top_k) == (256, 0.2, 0.95, 0)  # its decoding section
+
+
+def test_humaneval_config_sets_decoding_so_it_does_not_merge_with_text_generation():
+    with pytest.raises(UserError, match="maximum-tokens.*set in both"):
+        shipped("tiny.yml", "text_generation.yml", "eval_humaneval.yml")
+
+
 def test_polycoder_shapes():
     shapes = {}
     for name in ("160M.yml", "0.4B.yml", "2-7B.yml"):

@@ -59,10 +59,25 @@ def test_seeded_sampling_is_reproducible_and_batch_rows_differ():
     assert recomputed == a  # the same random draws whichever way the logits are computed
 
 
-def test_prompt_longer_than_the_context_keeps_its_end():
+def plain_greedy(model, context, length, eod=0):
+    """Greedy tokens from the full forward of everything so far: no cache, no truncation."""
+    out = []
+    with torch.no_grad():
+        while len(out) < length and eod not in out:
+            out.append(model(torch.tensor([context + out]))[0, -1].float().argmax().item())
+    return out
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_prompt_longer_than_the_context_keeps_its_end(recompute):
+    """max_len 64, 10 new tokens: the engine keeps the last 64 - 10 = 54 prompt tokens."""
     model = tiny_model()
-    out = generator(model, maximum_tokens=10, recompute=True).generate_ids(list(range(1, 60)) * 2, 1)
-    assert len(out[0]) == 10 or 0 in out[0]
+    prompt = torch.randint(1, VOCAB, (120,), generator=torch.Generator().manual_seed(2)).tolist()
+    out = generator(model, maximum_tokens=10, recompute=recompute).generate_ids(prompt, 1)
+    expected = plain_greedy(model, prompt[-54:], 10)
+    assert out == [expected] and len(expected) == 10
+    # the check can tell: one prompt token more or less, or the prompt's start, gives other tokens
+    assert all(plain_greedy(model, kept, 10) != expected for kept in (prompt[-55:], prompt[-53:], prompt[:54]))
 
 
 def brute_force_beam(model, context, length, eod):

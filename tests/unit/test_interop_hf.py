@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import transformers
 
 from megatron_lite.config import DataConfig, GenerateConfig, ModelConfig
 from megatron_lite.data.tokenizer import build_tokenizer, save_tokenizer, train_byte_level_bpe
@@ -15,7 +16,6 @@ from megatron_lite.interop.hf import load_hf_dir, save_hf_dir
 from megatron_lite.model.gpt import GPTModel
 from megatron_lite.training.checkpoint import load_state_checked
 
-transformers = pytest.importorskip("transformers")
 VOCAB = 384  # tokenizer of 300 tokens padded to a multiple of 128
 
 
