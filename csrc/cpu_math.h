@@ -1,9 +1,9 @@
 // Shared helpers of the CPU kernels: bf16 <-> fp32 and exp / tanh written as branch-free
 // float arithmetic so that GCC vectorises the loops that call them (std::exp would not be).
+// Bits move with __builtin_bit_cast: a memcpy through a local blocks vectorisation.
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #include <c10/util/BFloat16.h>
 
@@ -11,18 +11,14 @@ namespace fused_cpu {
 
 inline float to_float(float x) { return x; }
 inline float to_float(c10::BFloat16 x) {  // bf16 is the high half of an fp32
-  uint32_t bits = static_cast<uint32_t>(x.x) << 16;
-  float out;
-  std::memcpy(&out, &bits, sizeof(out));
-  return out;
+  return __builtin_bit_cast(float, static_cast<uint32_t>(x.x) << 16);
 }
 
 template <typename T> inline T from_float(float x);
 template <> inline float from_float<float>(float x) { return x; }
 template <> inline c10::BFloat16 from_float<c10::BFloat16>(float x) {
   // Round to nearest even, as torch does; any NaN becomes the quiet NaN.
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
+  uint32_t bits = __builtin_bit_cast(uint32_t, x);
   bits += 0x7FFFu + ((bits >> 16) & 1u);
   c10::BFloat16 out;
   out.x = x != x ? uint16_t{0x7FC0} : static_cast<uint16_t>(bits >> 16);
@@ -33,7 +29,8 @@ template <> inline c10::BFloat16 from_float<c10::BFloat16>(float x) {
 // within 2 ulp of std::exp, and vectorisable.
 inline float fast_exp(float x) {
   x = x < -87.3f ? -87.3f : (x > 88.0f ? 88.0f : x);
-  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  // n = round(x / ln2) by the 1.5 * 2^23 trick (floorf does not vectorise without -fno-trapping-math).
+  const float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;
   const float r = x - n * 0.693359375f + n * 2.12194440e-4f;  // x - n ln2, ln2 split in two parts
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -42,10 +39,7 @@ inline float fast_exp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  return p * __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);  // p * 2^n
 }
 
 // tanh(z) = 1 - 2 / (exp(2z) + 1); |z| > 9 is +-1 in fp32.

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Each fused csrc/ kernel vs the unfused torch ops it replaces, forward + backward, same inputs, same run.
+
+The peers are what the model computes without the kernels (as GPT-NeoX's unfused path):
+causal softmax = scale, masked_fill(-inf) of the upper triangle, softmax; masked softmax = scale,
+masked_fill, softmax; bias-GeLU = bias add, GeLU (tanh form). Both sides take and return the same dtype.
+Rounds interleave ours and the peer after warm-up; medians. Ratios are speed-ups (peer time / our time).
+Ends with `RATIO causal_softmax <ours/peer>` (speed) for fp32 at sequence length 512.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_lite.model import fused  # noqa: E402
+
+
+def unfused_causal(x, scale):
+    sq, sk = x.shape[-2:]
+    hidden = torch.ones(sq, sk, dtype=torch.bool, device=x.device).triu(1)
+    return torch.softmax((x * scale).masked_fill(hidden, float("-inf")), dim=-1)
+
+
+def unfused_masked(x, mask, scale):
+    return torch.softmax((x * scale).masked_fill(mask, float("-inf")), dim=-1)
+
+
+def unfused_bias_gelu(x, bias):
+    return F.gelu(x + bias.to(x.dtype), approximate="tanh")
+
+
+def time_fwd_bwd(fn, inputs, grad):
+    leaves = [t.detach().requires_grad_(t.is_floating_point()) for t in inputs]
+    start = time.perf_counter()
+    fn(*leaves).backward(grad)
+    return time.perf_counter() - start
+
+
+def compare(name, ours, peer, inputs, rounds, warmup):
+    with torch.no_grad():
+        grad = torch.randn_like(peer(*inputs))
+    times = {"ours": [], "peer": []}
+    for r in range(warmup + rounds):
+        for side, fn in (("ours", ours), ("peer", peer)):
+            t = time_fwd_bwd(fn, inputs, grad)
+            if r >= warmup:
+                times[side].append(t)
+    ours_t, peer_t = statistics.median(times["ours"]), statistics.median(times["peer"])
+    print(f"{name:52s} ours {ours_t * 1e3:8.2f} ms  unfused torch {peer_t * 1e3:8.2f} ms  speed-up {peer_t / ours_t:5.2f}")
+    return peer_t / ours_t
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if device.type == "cuda" else [])
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, fwd+bwd per call, "
+          f"median of {args.rounds} interleaved rounds after {args.warmup} warm-up")
+    torch.manual_seed(0)
+    headline = None
+    for dtype in dtypes:
+        kernel, why = fused.kernel_for(device, dtype)
+        if kernel is None:
+            raise SystemExit(f"no fused kernel for {device} {dtype}: {why}")
+        tag = str(dtype).replace("torch.", "")
+        for batch_heads, seq in ((32 * 4, 512), (8 * 4, 1024), (4 * 4, 2048)):
+            x = torch.randn(batch_heads // 4, 4, seq, seq, device=device, dtype=dtype)
+            r = compare(f"causal softmax {tag} [{batch_heads // 4}, 4, {seq}, {seq}]",
+                        lambda t: fused.causal_softmax(t, 0.125, kernel), lambda t: unfused_causal(t, 0.125),
+                        [x], args.rounds, args.warmup)
+            if dtype == torch.float32 and seq == 512:
+                headline = r
+        x = torch.randn(8, 4, 512, 512, device=device, dtype=dtype)
+        mask = torch.rand(8, 1, 512, 512, device=device) < 0.3
+        compare(f"masked softmax {tag} [8, 4, 512, 512]", lambda t: fused.masked_softmax(t, mask, 0.125, kernel),
+                lambda t: unfused_masked(t, mask, 0.125), [x], args.rounds, args.warmup)
+        for rows, h in ((16 * 256, 4 * 256), (4 * 2048, 4 * 768)):
+            x, bias = torch.randn(rows, h, device=device, dtype=dtype), torch.randn(h, device=device)
+            compare(f"bias-GeLU {tag} [{rows}, {h}] (+ fp32 bias [{h}])", lambda t, b: fused.bias_gelu(t, b, kernel),
+                    unfused_bias_gelu, [x, bias], args.rounds, args.warmup)
+    print(f"RATIO causal_softmax {headline:.3f}")
+
+
+if __name__ == "__main__":
+    main()
