@@ -4,7 +4,9 @@ from megatron_lite.config import ModelConfig
 
 
 def transformers_twin(model, m: ModelConfig, **config):
-    """GPTNeoXForCausalLM (sdpa attention, no dropout) with `model`'s weights; `config` adds GPTNeoXConfig keys."""
+    """GPTNeoXForCausalLM (sdpa attention, no dropout) with `model`'s weights; `config` adds GPTNeoXConfig keys.
+
+    With bias_gelu_fusion ours computes GeLU in its tanh form: the twin does too (gelu_pytorch_tanh)."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     hf_cfg = GPTNeoXConfig(
@@ -12,7 +14,8 @@ def transformers_twin(model, m: ModelConfig, **config):
         num_attention_heads=m.num_attention_heads, intermediate_size=4 * m.hidden_size,
         max_position_embeddings=m.max_position_embeddings, rotary_pct=m.rotary_pct,
         rotary_emb_base=m.rotary_emb_base, use_parallel_residual=m.gpt_j_residual,
-        tie_word_embeddings=not m.no_weight_tying, layer_norm_eps=m.layernorm_epsilon, hidden_act="gelu",
+        tie_word_embeddings=not m.no_weight_tying, layer_norm_eps=m.layernorm_epsilon,
+        hidden_act="gelu_pytorch_tanh" if m.bias_gelu_fusion else "gelu",
         hidden_dropout=0.0, attention_dropout=0.0, attn_implementation="sdpa", **config,
     )
     if isinstance(getattr(hf_cfg, "rope_parameters", None), dict):  # transformers >= 5 keeps rotary here

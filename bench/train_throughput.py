@@ -2,8 +2,10 @@
 """Training tokens/s: our Trainer vs a plain loop over Hugging Face GPTNeoXForCausalLM, same run.
 
 Both train the same GPT-NeoX shape from the same initial weights on the same batches of real code
-(this Python's standard library through our tools), fp32, AdamW with the same hyperparameters and
-gradient clipping. The peer runs twice: torch's default AdamW (what a plain loop gets) and the fused
+(this Python's standard library through our tools), in the same precision (--precision: fp32, or bf16
+autocast over fp32 master weights on both sides), AdamW with the same hyperparameters and gradient
+clipping. --fusions turns on our fused kernels (causal softmax, bias-GeLU in its tanh form, softmax
+cross-entropy; the peer then uses transformers' tanh GeLU too, so both compute the same function). The peer runs twice: torch's default AdamW (what a plain loop gets) and the fused
 AdamW we use; the ratio is taken against the faster of the two. Steps are interleaved in rounds
 (ours, peer, peer-fused) after warm-up, and each side's median step time gives its tokens/s.
 Ends with `RATIO train_throughput <ours/peer>`.
@@ -26,7 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from megatron_lite.config_loader import load_config  # noqa: E402
-from megatron_lite.training.trainer import Trainer, get_batch  # noqa: E402
+from megatron_lite.training.trainer import Trainer, autocast, get_batch  # noqa: E402
 from peers import transformers_twin  # noqa: E402
 
 
@@ -50,11 +52,12 @@ def prepare_data(workdir: str) -> tuple:
     return os.path.join(workdir, "bench_text_document"), os.path.join(tok, "tokenizer.json")
 
 
-def peer_step(peer, optimizer, batches, clip):
+def peer_step(peer, optimizer, batches, clip, precision):
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     for tokens in batches:
-        logits = peer(input_ids=tokens[:, :-1]).logits  # [b, s, v]
+        with autocast(tokens.device, precision):
+            logits = peer(input_ids=tokens[:, :-1]).logits  # [b, s, v]
         loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
         (loss / len(batches)).backward()
         total += loss.item()
@@ -76,12 +79,17 @@ def main():
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps-per-round", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    parser.add_argument("--fusions", choices=("on", "off"), default="on")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as workdir:
         prefix, tokenizer = prepare_data(workdir)
-        overrides = ["--data-path", prefix, "--vocab-file", tokenizer, "--precision", "fp32",
-                     "--train-iters", "1000", "--hidden-dropout", "0", "--attention-dropout", "0"]
+        fusion = "true" if args.fusions == "on" else "false"
+        overrides = ["--data-path", prefix, "--vocab-file", tokenizer, "--precision", args.precision,
+                     "--train-iters", "1000", "--hidden-dropout", "0", "--attention-dropout", "0",
+                     "--scaled-upper-triang-masked-softmax-fusion", fusion, "--bias-gelu-fusion", fusion,
+                     "--cross-entropy-loss-fusion", fusion]
         cfg = load_config([args.config], overrides)
         cfg.log.peak_tflops = 1.0  # skip the CPU peak measurement: MFU is not reported here
         trainer = Trainer(cfg)
@@ -100,8 +108,9 @@ def main():
 
         # Same weights, same first batch: the two sides compute the same loss (a check that this is like for like).
         first_ours = trainer.train_step()["loss"]
-        first_peer = peer_step(peer, peers["hf_default_adamw"], batches(0), cfg.optim.gradient_clipping)
-        peer_step(peer_fused, peers["hf_fused_adamw"], batches(0), cfg.optim.gradient_clipping)
+        first_peer = peer_step(peer, peers["hf_default_adamw"], batches(0), cfg.optim.gradient_clipping,
+                               args.precision)
+        peer_step(peer_fused, peers["hf_fused_adamw"], batches(0), cfg.optim.gradient_clipping, args.precision)
         print(f"first-step loss: ours {first_ours:.5f}  transformers {first_peer:.5f}")
 
         times = {"ours": [], **{k: [] for k in peers}}
@@ -113,14 +122,16 @@ def main():
                     if name == "ours":
                         trainer.train_step()
                     else:
-                        peer_step(models[name], peers[name], batches(step), cfg.optim.gradient_clipping)
+                        peer_step(models[name], peers[name], batches(step), cfg.optim.gradient_clipping,
+                                  args.precision)
                     if r >= args.warmup:
                         times[name].append(time.perf_counter() - start)
                 step += 1
 
     m = cfg.model
     print(f"shape: {m.num_layers} layers x {m.hidden_size} hidden x {m.num_attention_heads} heads, seq "
-          f"{m.seq_length}, vocab {m.padded_vocab_size}, global batch {t.train_batch_size} ({micro} x {gas}), fp32, "
+          f"{m.seq_length}, vocab {m.padded_vocab_size}, global batch {t.train_batch_size} ({micro} x {gas}), {args.precision}, "
+          f"fusions {args.fusions}, "
           f"AdamW lr {cfg.optim.lr} clip {cfg.optim.gradient_clipping}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {args.rounds} interleaved rounds x {args.steps_per_round} steps")
     rates = {}

@@ -10,6 +10,9 @@ torch::Tensor masked_softmax_forward(torch::Tensor x, torch::Tensor mask, double
 torch::Tensor masked_softmax_backward(torch::Tensor grad, torch::Tensor y, double scale);
 torch::Tensor bias_gelu_forward(torch::Tensor x, torch::Tensor bias);
 std::vector<torch::Tensor> bias_gelu_backward(torch::Tensor grad, torch::Tensor x, torch::Tensor bias);
+std::vector<torch::Tensor> softmax_cross_entropy_forward(torch::Tensor logits, torch::Tensor labels);
+torch::Tensor softmax_cross_entropy_backward(torch::Tensor grad, torch::Tensor logits, torch::Tensor labels,
+                                             torch::Tensor lse);
 }  // namespace fused_cpu
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -20,4 +23,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("masked_softmax_backward", &fused_cpu::masked_softmax_backward, "its gradient from the output");
   m.def("bias_gelu_forward", &fused_cpu::bias_gelu_forward, "gelu_tanh(x + bias)");
   m.def("bias_gelu_backward", &fused_cpu::bias_gelu_backward, "(grad x, grad bias)");
+  m.def("softmax_cross_entropy_forward", &fused_cpu::softmax_cross_entropy_forward, "(loss, logsumexp) per row");
+  m.def("softmax_cross_entropy_backward", &fused_cpu::softmax_cross_entropy_backward, "grad of the logits");
 }

@@ -108,6 +108,40 @@ std::vector<torch::Tensor> bias_gelu_backward(torch::Tensor grad, torch::Tensor 
   return {dx, dbias.to(bias.scalar_type())};
 }
 
+std::vector<torch::Tensor> softmax_cross_entropy_forward(torch::Tensor logits, torch::Tensor labels, int64_t stream) {
+  logits = logits.contiguous();
+  labels = labels.to(at::kLong).contiguous();
+  check_cuda(logits, "logits");
+  check_cuda(labels, "labels");
+  TORCH_CHECK(logits.dim() == 2 && labels.dim() == 1 && labels.size(0) == logits.size(0),
+              "softmax_cross_entropy: logits must be [n, vocab] and labels [n]");
+  const int64_t n = logits.size(0), v = logits.size(1);
+  if (n) TORCH_CHECK(labels.min().item<int64_t>() >= 0 && labels.max().item<int64_t>() < v,
+                     "softmax_cross_entropy: labels must lie in [0, ", v, ")");
+  auto loss = torch::empty({n}, logits.options().dtype(at::kFloat));
+  auto lse = torch::empty({n}, logits.options().dtype(at::kFloat));
+  check_status(ml_softmax_cross_entropy_forward(logits.data_ptr(), labels.data_ptr<int64_t>(), loss.data_ptr<float>(),
+                                                lse.data_ptr<float>(), n, v, dtype_code(logits), as_stream(stream)),
+               "softmax_cross_entropy_forward");
+  return {loss, lse};
+}
+
+torch::Tensor softmax_cross_entropy_backward(torch::Tensor grad, torch::Tensor logits, torch::Tensor labels,
+                                             torch::Tensor lse, int64_t stream) {
+  logits = logits.contiguous();
+  labels = labels.to(at::kLong).contiguous();
+  grad = grad.to(at::kFloat).contiguous();
+  lse = lse.contiguous();
+  check_cuda(logits, "logits");
+  const int64_t n = logits.size(0), v = logits.size(1);
+  auto dx = torch::empty_like(logits);
+  check_status(ml_softmax_cross_entropy_backward(grad.data_ptr<float>(), logits.data_ptr(), labels.data_ptr<int64_t>(),
+                                                 lse.data_ptr<float>(), dx.data_ptr(), n, v, dtype_code(logits),
+                                                 as_stream(stream)),
+               "softmax_cross_entropy_backward");
+  return dx;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -118,4 +152,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("masked_softmax_backward", &masked_softmax_backward);
   m.def("bias_gelu_forward", &bias_gelu_forward);
   m.def("bias_gelu_backward", &bias_gelu_backward);
+  m.def("softmax_cross_entropy_forward", &softmax_cross_entropy_forward);
+  m.def("softmax_cross_entropy_backward", &softmax_cross_entropy_backward);
 }

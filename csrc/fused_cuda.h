@@ -21,6 +21,10 @@ int ml_bias_gelu_forward(const void* x, const float* bias, void* y, int64_t rows
                          void* stream);
 int ml_bias_gelu_backward(const void* grad, const void* x, const float* bias, void* dx, float* dbias, int64_t rows,
                           int64_t h, int dtype, void* stream);
+int ml_softmax_cross_entropy_forward(const void* logits, const int64_t* labels, float* loss, float* lse, int64_t n,
+                                     int64_t v, int dtype, void* stream);
+int ml_softmax_cross_entropy_backward(const float* grad, const void* logits, const int64_t* labels, const float* lse,
+                                      void* dx, int64_t n, int64_t v, int dtype, void* stream);
 
 #ifdef __cplusplus
 }

@@ -45,6 +45,7 @@ class ModelConfig:
                                                                  "faster than SDPA: CPU bf16)")
     scaled_masked_softmax_fusion: bool = opt(False, "fused masked softmax kernel for queries after cached keys")
     bias_gelu_fusion: bool = opt(False, "fused bias + GeLU kernel; GeLU in its tanh form, as GPT-NeoX's kernel")
+    cross_entropy_loss_fusion: bool = opt(False, "fused softmax cross-entropy kernel on 16-bit logits (tp = 1)")
     checkpoint_activations: bool = opt(False, "recompute each layer's activations in backward to save memory")
     checkpoint_num_layers: int = opt(1, "layers per activation checkpoint (inputs kept every this many layers)")
 

@@ -75,6 +75,11 @@ def bias_gelu_reference(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return F.gelu(x.float() + bias.float(), approximate="tanh").to(x.dtype)
 
 
+def softmax_cross_entropy_reference(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-row loss [n] (fp32) of logits [n, v] against labels [n]."""
+    return F.cross_entropy(logits.float(), labels, reduction="none")
+
+
 # ---- the kernels as autograd functions ----
 
 class _CausalSoftmax(torch.autograd.Function):
@@ -121,6 +126,20 @@ class _BiasGelu(torch.autograd.Function):
         return dx, dbias, None
 
 
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, labels, module):  # logits [n, v] fp32 or 16-bit, labels [n]
+        loss, lse = _call(module, "softmax_cross_entropy_forward", logits.device, logits, labels)
+        ctx.save_for_backward(logits, labels, lse)  # the logits as they are: no fp32 copy, no saved softmax
+        ctx.module = module
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, labels, lse = ctx.saved_tensors
+        return _call(ctx.module, "softmax_cross_entropy_backward", logits.device, grad, logits, labels, lse), None, None
+
+
 def causal_softmax(x: torch.Tensor, scale: float, module) -> torch.Tensor:
     """Fused causal_softmax_reference (module from kernel_for)."""
     return _CausalSoftmax.apply(x, scale, module)
@@ -134,3 +153,8 @@ def masked_softmax(x: torch.Tensor, mask: torch.Tensor, scale: float, module) ->
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor, module) -> torch.Tensor:
     """Fused bias_gelu_reference (module from kernel_for)."""
     return _BiasGelu.apply(x, bias, module)
+
+
+def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, module) -> torch.Tensor:
+    """Fused softmax_cross_entropy_reference (module from kernel_for)."""
+    return _SoftmaxCrossEntropy.apply(logits, labels, module)

@@ -4,6 +4,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from megatron_lite.model import fused
 from megatron_lite.parallel import state
 
 
@@ -35,10 +36,15 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         return g * grad.unsqueeze(-1), None, None, None
 
 
-def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-token loss [n] of logits [n, v/tp] (this rank's vocabulary slice) against global target ids [n]."""
+def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, fused_kernel: bool = False) -> torch.Tensor:
+    """Per-token loss [n] (fp32) of logits [n, v/tp] (this rank's vocabulary slice) against global target ids [n].
+
+    fused_kernel (cross-entropy-loss-fusion, tp=1): the csrc kernel reads 16-bit logits without an fp32 copy."""
     s = state.get()
     if s.tp_size == 1:
+        kernel = fused_kernel and fused.use_kernel("cross-entropy-loss-fusion", logits.device, logits.dtype)
+        if kernel:
+            return fused.softmax_cross_entropy(logits, target, kernel)
         return F.cross_entropy(logits.float(), target, reduction="none")
     vocab_start = s.tp_rank * logits.size(-1)
     return _VocabParallelCrossEntropy.apply(logits.float(), target, s.tp_group, vocab_start)

@@ -47,12 +47,12 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=DTYPES[precision])
 
 
-def lm_loss(model, tokens: torch.Tensor, device, precision: str) -> torch.Tensor:
+def lm_loss(model, tokens: torch.Tensor, device, precision: str, fused_loss: bool = False) -> torch.Tensor:
     """Mean next-token cross-entropy of a [b, s+1] token batch (computed in fp32, vocab-parallel when tp > 1)."""
     inputs, labels = tokens[:, :-1], tokens[:, 1:]  # [b, s]
     with autocast(device, precision):
         logits = model(inputs)  # [b, s, v / tp]
-    return vocab_parallel_cross_entropy(logits.flatten(0, 1), labels.flatten()).mean()
+    return vocab_parallel_cross_entropy(logits.flatten(0, 1), labels.flatten(), fused_loss).mean()
 
 
 def dp_mean(value: torch.Tensor, par) -> torch.Tensor:
@@ -136,7 +136,8 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for j in range(gas):
             tokens = get_batch(self.train_data, first + j * micro, micro, self.device)
-            loss = lm_loss(self.engine, tokens, self.device, self.cfg.precision.precision)
+            loss = lm_loss(self.engine, tokens, self.device, self.cfg.precision.precision,
+                           self.cfg.model.cross_entropy_loss_fusion)
             self.engine.backward(loss)  # scaled by 1/gas inside; reduces at the accumulation boundary
             self.engine.step()  # steps (and clips) only at the boundary
             total += loss.detach()
@@ -165,7 +166,7 @@ class Trainer:
             if self.reducer:
                 self.reducer.set_sync(j == gas - 1)  # all-reduce during the last micro batch's backward
             tokens = get_batch(self.train_data, first + j * micro, micro, self.device)
-            loss = lm_loss(self.forward_model, tokens, self.device, precision)
+            loss = lm_loss(self.forward_model, tokens, self.device, precision, self.cfg.model.cross_entropy_loss_fusion)
             (loss * (self.scaler.scale / gas)).backward()
             total += loss.detach()
         if self.reducer:

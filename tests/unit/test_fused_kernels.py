@@ -74,6 +74,32 @@ def test_bias_gelu_matches_reference(shape, dtype):
     torch.testing.assert_close(ours[1].grad, ref[1].grad, atol=1e-4 if dtype == torch.float32 else 0.3, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(64, 1000), (7, 8064), (1, 3)])
+def test_softmax_cross_entropy_matches_reference(shape, dtype):
+    torch.manual_seed(4)
+    logits, labels = (torch.randn(shape) * 5).to(dtype), torch.randint(0, shape[1], shape[:1])
+    ours, ref = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    loss, ref_loss = fused.softmax_cross_entropy(ours, labels, KERNEL), fused.softmax_cross_entropy_reference(ref, labels)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)  # fp32 inside for either dtype
+    grad = torch.rand(shape[0])
+    loss.backward(grad)
+    ref_loss.backward(grad)
+    assert ours.grad.dtype == dtype
+    torch.testing.assert_close(ours.grad, ref.grad, **TOL[dtype])
+
+
+def test_fused_loss_in_the_trainer_path_matches_the_plain_loss():
+    from megatron_lite.parallel.cross_entropy import vocab_parallel_cross_entropy
+
+    logits, labels = torch.randn(40, 300, dtype=torch.bfloat16), torch.randint(0, 300, (40,))
+    torch.testing.assert_close(vocab_parallel_cross_entropy(logits, labels, fused_kernel=True),
+                               vocab_parallel_cross_entropy(logits, labels), atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match=r"labels must lie in \[0, 300\)"):
+        fused.softmax_cross_entropy(logits, torch.full((40,), 300), KERNEL)
+
+
 def test_bias_gelu_is_as_accurate_as_torch_in_fp32():
     """Both against float64: our tanh via exp may not lose more than a few ulps over torch's."""
     torch.manual_seed(3)
