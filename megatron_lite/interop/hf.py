@@ -22,6 +22,10 @@ BUFFERS = ("attention.bias", "attention.masked_bias", "attention.rotary_emb.inv_
 EOD = "<|endoftext|>"
 
 
+# hidden_act -> bias_gelu_fusion: our MLP computes exact GeLU, or the tanh form with the fused bias-GeLU.
+GELU_FORMS = {"gelu": False, "gelu_pytorch_tanh": True, "gelu_new": True}
+
+
 def is_hf_dir(path) -> bool:
     return bool(path) and os.path.isfile(os.path.join(path, "config.json"))
 
@@ -36,7 +40,7 @@ def hf_config(cfg: ModelConfig, eod_id: int) -> dict:
         "num_hidden_layers": cfg.num_layers,
         "num_attention_heads": cfg.num_attention_heads,
         "intermediate_size": 4 * cfg.hidden_size,
-        "hidden_act": "gelu",
+        "hidden_act": "gelu_pytorch_tanh" if cfg.bias_gelu_fusion else "gelu",  # the fused kernel's tanh form
         "max_position_embeddings": cfg.max_position_embeddings,
         "layer_norm_eps": cfg.layernorm_epsilon,
         "rope_parameters": {"rope_type": "default", "rope_theta": float(cfg.rotary_emb_base),
@@ -65,8 +69,10 @@ def model_fields(config: dict, source: str) -> dict:
     if config.get("model_type") != "gpt_neox":
         raise UserError(f"{source}: model_type is {config.get('model_type')!r}; only 'gpt_neox' can be loaded")
     hidden = need("hidden_size")
+    act = config.get("hidden_act", "gelu")
+    if act not in GELU_FORMS:
+        raise UserError(f"{source}: hidden_act = {act!r} is not supported; expected one of {', '.join(GELU_FORMS)}")
     checks = {"intermediate_size": (config.get("intermediate_size", 4 * hidden), 4 * hidden),
-              "hidden_act": (config.get("hidden_act", "gelu"), "gelu"),
               "attention_bias": (config.get("attention_bias", True), True)}
     for key, (value, wanted) in checks.items():
         if value != wanted:
@@ -88,6 +94,7 @@ def model_fields(config: dict, source: str) -> dict:
         "gpt_j_residual": bool(config.get("use_parallel_residual", True)),
         "no_weight_tying": not config.get("tie_word_embeddings", False),
         "padded_vocab_size": need("vocab_size"), "hidden_dropout": 0.0, "attention_dropout": 0.0,
+        "bias_gelu_fusion": GELU_FORMS[act],
     }
 
 

@@ -47,11 +47,13 @@ def tokens(b=2, s=24):
     return torch.randint(0, VOCAB, (b, s), generator=torch.Generator().manual_seed(5))
 
 
-@pytest.mark.parametrize("rotary_pct,parallel,untied", [
-    (0.25, False, True), (0.25, True, True), (1.0, False, False), (0.5, True, False),
+@pytest.mark.parametrize("rotary_pct,parallel,untied,tanh_gelu", [
+    (0.25, False, True, False), (0.25, True, True, False), (1.0, False, False, False), (0.5, True, False, False),
+    (0.25, False, True, True),  # bias-gelu-fusion: the fused kernel's tanh GeLU exports as gelu_pytorch_tanh
 ])
-def test_export_gives_same_logits_in_transformers(tmp_path, tokenizer_dir, rotary_pct, parallel, untied):
-    ours = our_model(rotary_pct=rotary_pct, gpt_j_residual=parallel, no_weight_tying=untied)
+def test_export_gives_same_logits_in_transformers(tmp_path, tokenizer_dir, rotary_pct, parallel, untied, tanh_gelu):
+    ours = our_model(rotary_pct=rotary_pct, gpt_j_residual=parallel, no_weight_tying=untied,
+                     bias_gelu_fusion=tanh_gelu)
     tok = build_tokenizer("HFTokenizer", str(tokenizer_dir / "tokenizer.json"))
     save_hf_dir(str(tmp_path / "hf"), ours.state_dict(), ours.cfg, tok)
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
@@ -88,11 +90,12 @@ def test_greedy_generation_matches_transformers_token_for_token(tmp_path, tokeni
     assert len(mine) > 0 and mine == theirs
 
 
-@pytest.mark.parametrize("tied,parallel", [(False, True), (True, False)])
-def test_import_of_transformers_model_gives_same_logits(tmp_path, tokenizer_dir, tied, parallel):
+@pytest.mark.parametrize("tied,parallel,act", [(False, True, "gelu"), (True, False, "gelu"),
+                                                (False, False, "gelu_new")])
+def test_import_of_transformers_model_gives_same_logits(tmp_path, tokenizer_dir, tied, parallel, act):
     hf_cfg = transformers.GPTNeoXConfig(
         vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
-        max_position_embeddings=64, use_parallel_residual=parallel, tie_word_embeddings=tied,
+        max_position_embeddings=64, use_parallel_residual=parallel, tie_word_embeddings=tied, hidden_act=act,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25})
     torch.manual_seed(2)
     hf = perturbed(transformers.GPTNeoXForCausalLM(hf_cfg))
@@ -102,6 +105,7 @@ def test_import_of_transformers_model_gives_same_logits(tmp_path, tokenizer_dir,
     model_cfg, data_cfg = ModelConfig(seq_length=32), DataConfig()
     weights = load_hf_dir(str(tmp_path / "hf"), model_cfg, data_cfg)
     assert (model_cfg.rotary_pct, model_cfg.gpt_j_residual, model_cfg.no_weight_tying) == (0.25, parallel, not tied)
+    assert model_cfg.bias_gelu_fusion is (act == "gelu_new")
     assert data_cfg.vocab_file == str(tmp_path / "hf" / "tokenizer.json")
     ours = GPTModel(model_cfg).eval()
     load_state_checked(ours, weights, "test")
