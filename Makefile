@@ -46,6 +46,7 @@ test-all: install-test
 
 bench: install-test
 	$(PY) bench/train_throughput.py
+	$(PY) bench/kernels.py
 	$(PY) bench/generate_throughput.py
 	$(PY) bench/hf_load.py
 	$(PY) bench/humaneval_exec.py
