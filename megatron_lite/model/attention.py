@@ -9,7 +9,6 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from megatron_lite.errors import warn_once
 from megatron_lite.model import fused
 
 CAUSAL_KEY, MASKED_KEY = "scaled-upper-triang-masked-softmax-fusion", "scaled-masked-softmax-fusion"
@@ -65,13 +64,8 @@ def attention_core(impl: str, causal_fusion: bool, masked_fusion: bool, device_t
     if impl == "reference":
         return reference_attention
     if impl == "auto":
-        if not causal_fusion:
-            return sdpa_attention
-        if not (device_type == "cpu" and dtype == torch.bfloat16):
-            warn_once(f"{CAUSAL_KEY}: attention uses torch SDPA on {device_type} in {dtype}, which is faster "
-                      "there; set attention-impl: fused to force the kernels")
-            return sdpa_attention
-        if fused.use_kernel(CAUSAL_KEY, device_type, dtype) is None:
+        faster = device_type == "cpu" and dtype == torch.bfloat16  # SDPA is a choice here, not a fallback
+        if not (causal_fusion and faster) or fused.use_kernel(CAUSAL_KEY, device_type, dtype) is None:
             return sdpa_attention
     else:  # fused
         causal_fusion = masked_fusion = True
