@@ -34,6 +34,8 @@ def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
     """Initialise every parameter of a GPTModel by name: biases 0, norms 1, matrices by the config's methods."""
     std = init_std(cfg.init_method, cfg, "init_method")
     out_std = init_std(cfg.output_layer_init_method, cfg, "output_layer_init_method")
+    if next(model.parameters()).is_meta:  # built to be loaded: nothing to draw (meta ops are slow in python)
+        return
     for name, p in model.named_parameters():
         if name.endswith(".bias"):
             p.zero_()
