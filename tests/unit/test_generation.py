@@ -193,13 +193,15 @@ def test_config_validation_of_decoding_keys(tmp_path):
     assert dataclasses.replace(GenerateConfig(), top_k=3).top_k == 3
 
 
-@pytest.mark.parametrize("parallel_residual, rotary_pct", [(False, 0.5), (True, 1.0), (False, 0.25)])
-def test_fast_decode_step_matches_the_model_forward(parallel_residual, rotary_pct):
+@pytest.mark.parametrize("parallel_residual, rotary_pct, tanh_gelu",
+                         [(False, 0.5, False), (True, 1.0, False), (False, 0.25, True), (True, 0.5, True)])
+def test_fast_decode_step_matches_the_model_forward(parallel_residual, rotary_pct, tanh_gelu):
     from megatron_lite.generation.fast_decode import FastDecoder
 
     torch.manual_seed(0)
     cfg = ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=64, max_position_embeddings=64,
-                      padded_vocab_size=VOCAB, rotary_pct=rotary_pct, gpt_j_residual=parallel_residual)
+                      padded_vocab_size=VOCAB, rotary_pct=rotary_pct, gpt_j_residual=parallel_residual,
+                      bias_gelu_fusion=tanh_gelu)
     model = GPTModel(cfg).eval()
     fast = FastDecoder(model)
     ids = torch.randint(0, VOCAB, (3, 12))
@@ -211,6 +213,8 @@ def test_fast_decode_step_matches_the_model_forward(parallel_residual, rotary_pc
             expected = model(ids[:, t:t + 1], kv_cache=ref_cache)[:, -1]
             got = fast.step(ids[:, t:t + 1], fast_cache)
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fast_cache.keys[1], ref_cache.keys[1], atol=1e-5, rtol=1e-5)
+        assert fast_cache.length == ref_cache.length == 12
 
 
 def test_engine_tokens_identical_with_and_without_the_fast_step():
