@@ -48,4 +48,14 @@ inline float fast_tanh(float z) {
   return 1.0f - 2.0f / (fast_exp(2.0f * z) + 1.0f);
 }
 
+// dx = scale * y * (g - <g, y>) over n entries of a row: the gradient of y = softmax(scale * x).
+template <typename T>
+inline void softmax_backward_row(const T* g, const T* y, T* dx, int64_t n, float scale) {
+  float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+  for (int64_t j = 0; j < n; ++j) dot += to_float(g[j]) * to_float(y[j]);
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) dx[j] = from_float<T>(scale * to_float(y[j]) * (to_float(g[j]) - dot));
+}
+
 }  // namespace fused_cpu

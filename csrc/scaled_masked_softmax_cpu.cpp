@@ -52,16 +52,7 @@ void forward_rows(const T* x, const bool* mask, T* y, int64_t b, int64_t np, int
 template <typename T>
 void backward_rows(const T* g, const T* y, T* dx, int64_t rows, int64_t sk, float scale) {
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const T* gr = g + r * sk;
-      const T* yr = y + r * sk;
-      T* dr = dx + r * sk;
-      float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-      for (int64_t j = 0; j < sk; ++j) dot += to_float(gr[j]) * to_float(yr[j]);
-#pragma omp simd
-      for (int64_t j = 0; j < sk; ++j) dr[j] = from_float<T>(scale * to_float(yr[j]) * (to_float(gr[j]) - dot));
-    }
+    for (int64_t r = begin; r < end; ++r) softmax_backward_row(g + r * sk, y + r * sk, dx + r * sk, sk, scale);
   });
 }
 

@@ -46,17 +46,9 @@ template <typename T>
 void backward_rows(const T* g, const T* y, T* dx, int64_t rows, int64_t sq, int64_t sk, float scale) {
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const T* gr = g + r * sk;
-      const T* yr = y + r * sk;
-      T* dr = dx + r * sk;
       const int64_t valid = r % sq + 1 + (sk - sq);
-      float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-      for (int64_t j = 0; j < valid; ++j) dot += to_float(gr[j]) * to_float(yr[j]);
-#pragma omp simd
-      for (int64_t j = 0; j < valid; ++j)
-        dr[j] = from_float<T>(scale * to_float(yr[j]) * (to_float(gr[j]) - dot));
-      for (int64_t j = valid; j < sk; ++j) dr[j] = from_float<T>(0.f);
+      softmax_backward_row(g + r * sk, y + r * sk, dx + r * sk, valid, scale);
+      for (int64_t j = valid; j < sk; ++j) dx[r * sk + j] = from_float<T>(0.f);
     }
   });
 }
