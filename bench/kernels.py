@@ -53,7 +53,8 @@ def compare(name, ours, peer, inputs, rounds, warmup):
             if r >= warmup:
                 times[side].append(t)
     ours_t, peer_t = statistics.median(times["ours"]), statistics.median(times["peer"])
-    print(f"{name:52s} ours {ours_t * 1e3:8.2f} ms  unfused torch {peer_t * 1e3:8.2f} ms  speed-up {peer_t / ours_t:5.2f}")
+    print(f"{name:52s} ours {ours_t * 1e3:8.2f} ms  unfused torch {peer_t * 1e3:8.2f} ms  "
+          f"speed-up {peer_t / ours_t:5.2f}")
     return peer_t / ours_t
 
 

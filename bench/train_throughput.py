@@ -5,8 +5,9 @@ Both train the same GPT-NeoX shape from the same initial weights on the same bat
 (this Python's standard library through our tools), in the same precision (--precision: fp32, or bf16
 autocast over fp32 master weights on both sides), AdamW with the same hyperparameters and gradient
 clipping. --fusions turns on our fused kernels (causal softmax, bias-GeLU in its tanh form, softmax
-cross-entropy; the peer then uses transformers' tanh GeLU too, so both compute the same function). The peer runs twice: torch's default AdamW (what a plain loop gets) and the fused
-AdamW we use; the ratio is taken against the faster of the two. Steps are interleaved in rounds
+cross-entropy; the peer then uses transformers' tanh GeLU too, so both compute the same function).
+The peer runs twice: torch's default AdamW (what a plain loop gets) and the fused AdamW we use; the
+ratio is taken against the faster of the two. Steps are interleaved in rounds
 (ours, peer, peer-fused) after warm-up, and each side's median step time gives its tokens/s.
 Ends with `RATIO train_throughput <ours/peer>`.
 """
@@ -130,8 +131,8 @@ def main():
 
     m = cfg.model
     print(f"shape: {m.num_layers} layers x {m.hidden_size} hidden x {m.num_attention_heads} heads, seq "
-          f"{m.seq_length}, vocab {m.padded_vocab_size}, global batch {t.train_batch_size} ({micro} x {gas}), {args.precision}, "
-          f"fusions {args.fusions}, "
+          f"{m.seq_length}, vocab {m.padded_vocab_size}, global batch {t.train_batch_size} ({micro} x {gas}), "
+          f"{args.precision}, fusions {args.fusions}, "
           f"AdamW lr {cfg.optim.lr} clip {cfg.optim.gradient_clipping}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {args.rounds} interleaved rounds x {args.steps_per_round} steps")
     rates = {}

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from megatron_lite.errors import warn_once
 
+
 def _import(name: str):
     """(module or None, why it is missing)."""
     try:

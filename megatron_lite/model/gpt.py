@@ -50,7 +50,8 @@ class Attention(nn.Module):
         self.query_key_value = column_linear(h, 3 * h)
         self.dense = row_linear(h, h)
         self.dropout_p = cfg.attention_dropout
-        self.impl = (cfg.attention_impl, cfg.scaled_upper_triang_masked_softmax_fusion, cfg.scaled_masked_softmax_fusion)
+        self.impl = (cfg.attention_impl, cfg.scaled_upper_triang_masked_softmax_fusion,
+                     cfg.scaled_masked_softmax_fusion)  # with q's device and dtype: attention_core's key
 
     def forward(self, x, cos, sin, kv_cache: KVCache = None):
         b, s, _ = x.shape

@@ -36,7 +36,8 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         return g * grad.unsqueeze(-1), None, None, None
 
 
-def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, fused_kernel: bool = False) -> torch.Tensor:
+def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
+                                 fused_kernel: bool = False) -> torch.Tensor:
     """Per-token loss [n] (fp32) of logits [n, v/tp] (this rank's vocabulary slice) against global target ids [n].
 
     fused_kernel (cross-entropy-loss-fusion, tp=1): the csrc kernel reads 16-bit logits without an fp32 copy."""

@@ -166,7 +166,8 @@ class Trainer:
             if self.reducer:
                 self.reducer.set_sync(j == gas - 1)  # all-reduce during the last micro batch's backward
             tokens = get_batch(self.train_data, first + j * micro, micro, self.device)
-            loss = lm_loss(self.forward_model, tokens, self.device, precision, self.cfg.model.cross_entropy_loss_fusion)
+            loss = lm_loss(self.forward_model, tokens, self.device, precision,
+                           self.cfg.model.cross_entropy_loss_fusion)
             (loss * (self.scaler.scale / gas)).backward()
             total += loss.detach()
         if self.reducer:
@@ -176,7 +177,7 @@ class Trainer:
             torch._foreach_mul_([p.grad for p in params], 1.0 / self.scaler.scale)
         clip = self.cfg.optim.gradient_clipping or math.inf
         grad_norm = clip_grad_norm(params, clip, self.par.tp_group if self.par.tp_size > 1 else None)
-        overflow = not math.isfinite(grad_norm)  # the norm is reduced over tp ranks; dp gradients are already equal
+        overflow = not math.isfinite(grad_norm)  # reduced over tp ranks; dp ranks hold equal gradients already
         if overflow:
             self.state.skipped_iters += 1
         else:
