@@ -30,8 +30,8 @@ def single_process():
         state._STATE = saved
 
 
-def _check_gpt_tp(no_weight_tying):
-    cfg = ModelConfig(**CFG, no_weight_tying=no_weight_tying)
+def _check_gpt_tp(no_weight_tying, **fusions):
+    cfg = ModelConfig(**CFG, no_weight_tying=no_weight_tying, **fusions)
     with single_process():
         torch.manual_seed(0)
         ref = GPTModel(cfg)
@@ -61,6 +61,8 @@ def _check_gpt_tp(no_weight_tying):
 def _gpt_tp2():
     _check_gpt_tp(no_weight_tying=True)
     _check_gpt_tp(no_weight_tying=False)
+    # The fused kernels on each rank's heads and MLP shard (bias-GeLU takes the column-parallel bias slice).
+    _check_gpt_tp(no_weight_tying=True, attention_impl="fused", bias_gelu_fusion=True)
 
 
 def test_gpt_model_tp2_matches_tp1():
