@@ -148,6 +148,16 @@ def humaneval(cfg, plan, model, tokenizer):
 @exit_on_user_error
 def main(argv):
     cfg = load_config_from_argv(argv)
+    from megatron_lite.parallel import state as parallel_state
+
+    try:
+        return evaluate(cfg)
+    finally:
+        parallel_state.destroy()  # leave the process group before exit: gloo can abort at exit otherwise
+
+
+def evaluate(cfg) -> dict:
+    """Run the configured eval-tasks; rank 0 reports and writes the results."""
     unknown = set(cfg.eval.eval_tasks) - set(TASKS)
     if unknown:
         raise UserError(f"eval-tasks: unknown task(s) {sorted(unknown)}; available: {', '.join(TASKS)}")

@@ -57,6 +57,16 @@ def write_samples(path: str, completions: list) -> None:
 @exit_on_user_error
 def main(argv):
     cfg = load_config_from_argv(argv)
+    from megatron_lite.parallel import state as parallel_state
+
+    try:
+        generate(cfg)
+    finally:
+        parallel_state.destroy()  # leave the process group before exit: gloo can abort at exit otherwise
+
+
+def generate(cfg) -> None:
+    """Generate in the configured mode; rank 0 prints and writes the samples."""
     from megatron_lite.build import load_trained_model
     from megatron_lite.generation.engine import TextGenerator
     from megatron_lite.generation.interactive import run_interactive
