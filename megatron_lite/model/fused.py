@@ -81,6 +81,11 @@ def softmax_cross_entropy_reference(logits: torch.Tensor, labels: torch.Tensor) 
     return F.cross_entropy(logits.float(), labels, reduction="none")
 
 
+def decode_linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor = None) -> torch.Tensor:
+    """x [..., in] @ weight [out, in]^T + bias: the linear layers of a decoding step (no gradient)."""
+    return F.linear(x, weight, bias)
+
+
 # ---- the kernels as autograd functions ----
 
 class _CausalSoftmax(torch.autograd.Function):

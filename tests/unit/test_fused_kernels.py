@@ -111,11 +111,32 @@ def test_bias_gelu_is_as_accurate_as_torch_in_fp32():
     assert ours_err <= 4 * torch_err + 1e-6
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows, n, out, bias", [(1, 256, 768, True), (3, 37, 19, False), (8, 64, 130, True),
+                                                (8, 256, 8192, False), (5, 1, 3, True)])
+def test_decode_linear_matches_torch_linear(rows, n, out, bias, dtype):
+    torch.manual_seed(0)
+    x, w = torch.randn(rows, 1, n).to(dtype), torch.randn(out, n).to(dtype)
+    b = torch.randn(out).to(dtype) if bias else None
+    y = KERNEL.decode_linear(x, w, b)
+    assert y.shape == (rows, 1, out) and y.dtype == dtype
+    # Against fp32 arithmetic on the same values: the kernel sums in fp32 in its own order, then rounds once.
+    exact = fused.decode_linear_reference(x.float(), w.float(), None if b is None else b.float())
+    tol = dict(atol=1e-4, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=8e-3)
+    torch.testing.assert_close(y.float(), exact, **tol)
+    with pytest.raises(RuntimeError, match="at most 8 rows"):
+        KERNEL.decode_linear(torch.randn(9, n).to(dtype), w)
+
+
 def test_kernels_reject_bad_shapes_with_a_message():
     with pytest.raises(RuntimeError, match="mask must be"):
         fused.masked_softmax(torch.randn(2, 2, 4, 4), torch.zeros(2, 1, 4, 5, dtype=torch.bool), 1.0, KERNEL)
     with pytest.raises(RuntimeError, match="bias must be"):
         fused.bias_gelu(torch.randn(3, 8), torch.randn(7), KERNEL)
+    with pytest.raises(RuntimeError, match="weight takes 8"):
+        KERNEL.decode_linear(torch.randn(1, 7), torch.randn(4, 8))
+    with pytest.raises(RuntimeError, match="both be float32 or bfloat16"):
+        KERNEL.decode_linear(torch.randn(1, 8), torch.randn(4, 8, dtype=torch.bfloat16))
 
 
 def test_unsupported_dtype_falls_back_with_one_warning(capsys):

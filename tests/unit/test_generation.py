@@ -204,6 +204,7 @@ def test_fast_decode_step_matches_the_model_forward(parallel_residual, rotary_pc
                       bias_gelu_fusion=tanh_gelu)
     model = GPTModel(cfg).eval()
     fast = FastDecoder(model)
+    assert fast.kernel is not None  # the streaming linear kernel is what is under test here (batch 3, fp32)
     ids = torch.randint(0, VOCAB, (3, 12))
     with torch.no_grad():
         ref_cache, fast_cache = model.new_kv_cache(3, 12), model.new_kv_cache(3, 12)
