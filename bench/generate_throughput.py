@@ -4,6 +4,7 @@
 Both decode greedily with a KV cache, fp32 on CPU, from the same 128-token prompt, exactly the same
 number of new tokens (end-of-document disabled on both sides), at batch 1 and batch 8. Time to first
 token is one prefill plus one step. Rounds are interleaved after warm-up; medians are reported.
+Ours runs its decoding steps' linears through csrc/decode_linear_cpu.cpp; transformers through torch's linear.
 Ends with `RATIO generate <ours/peer>` (batch-1 tokens/s); exits 1 first if the greedy tokens differ.
 """
 
