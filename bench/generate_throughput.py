@@ -42,7 +42,8 @@ def main():
     parser.add_argument("--threads", type=int, default=0, help="torch threads for both sides (0 = default)")
     args = parser.parse_args()
 
-    m = load_config([args.config], ["--max-position-embeddings", "1024"]).model
+    m = load_config([args.config]).model
+    m.max_position_embeddings = max(m.max_position_embeddings, args.prompt_tokens + args.new_tokens + 1)
     m.padded_vocab_size = args.vocab
     torch.manual_seed(0)
     model = GPTModel(m).eval()
