@@ -46,7 +46,8 @@ class FastDecoder:
         self.rotary_dims, self.scale = model.rotary.dims, 1.0 / math.sqrt(self.head_dim)
         self._rotary_tables(cfg.max_position_embeddings)
         weight = model.embed_in.weight
-        self.kernel = fused.kernel_for(weight.device, weight.dtype)[0] if weight.device.type == "cpu" else None
+        on_cpu = weight.device.type == "cpu"
+        self.kernel = fused.use_kernel("generation's decode_linear kernel", "cpu", weight.dtype) if on_cpu else None
         self.kernel_max_rows = KERNEL_MAX_ROWS.get(weight.dtype, 0)
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor = None) -> torch.Tensor:
