@@ -107,3 +107,14 @@ def datasets_from_config(data, seq_length: int, num_samples: Tuple[int, int, int
         raise UserError("no training data: set 'data-path' to a preprocessed PREFIX (PREFIX.bin / PREFIX.idx) "
                         "or 'train-data-paths' to a list of them")
     return tuple(blend(data, split, seq_length, int(n), seed) for split, n in zip(("train", "valid", "test"), num_samples))
+
+
+def check_token_ids(data, vocab_size: int, tokenizer_file: str) -> None:
+    """Every dataset's ids (its first 16M tokens) must be ids of this tokenizer, or the embedding would fail."""
+    for path in [data.data_path] if data.data_path else [*data.train_data_paths, *data.valid_data_paths,
+                                                          *data.test_data_paths]:
+        largest = IndexedDataset(path).max_token_id()
+        if largest >= vocab_size:
+            raise UserError(f"dataset {path}.bin holds token id {largest}, but the tokenizer '{tokenizer_file}' has "
+                            f"{vocab_size} tokens: preprocess the data with this tokenizer (or set 'vocab-file' "
+                            f"to the one it was made with)")

@@ -164,6 +164,11 @@ class IndexedDataset:
     def __len__(self) -> int:
         return len(self.sizes)
 
+    def max_token_id(self, limit: int = 1 << 24) -> int:
+        """The largest id among the first `limit` tokens (-1 if none): a constant-time vocabulary check."""
+        count = min(limit, len(self._bin) // self.dtype.itemsize)
+        return int(np.frombuffer(self._bin, dtype=self.dtype, count=count).max()) if count else -1
+
     def get(self, i: int, offset: int = 0, length: Optional[int] = None) -> np.ndarray:
         """Tokens [offset, offset+length) of sequence i (to its end when length is None)."""
         size = int(self.sizes[i])

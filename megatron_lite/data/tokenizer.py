@@ -118,8 +118,9 @@ def _load_gpt2(vocab_file: Optional[str], merge_file: Optional[str]) -> Tokenize
     merges = _check_file(merge_file, "merge-file", "a GPT-2 BPE merges.txt")
     try:
         with open(vocab, encoding="utf-8") as f:
-            if not isinstance(json.load(f), dict):
-                raise ValueError("not a JSON object of token -> id")
+            vocab_map = json.load(f)
+        if not isinstance(vocab_map, dict) or not all(isinstance(v, int) for v in vocab_map.values()):
+            raise ValueError("not a JSON object of token -> id")
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"vocab-file '{vocab}' is not a GPT-2 vocab.json ({_first_line(e)})") from None
     try:

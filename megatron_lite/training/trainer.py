@@ -16,7 +16,7 @@ from tqdm import tqdm
 from megatron_lite.build import build_tokenizer_for, default_device
 from megatron_lite.config import Config
 from megatron_lite.config_loader import dump_config
-from megatron_lite.data.blended_dataset import datasets_from_config
+from megatron_lite.data.blended_dataset import check_token_ids, datasets_from_config
 from megatron_lite.errors import UserError
 from megatron_lite.model.gpt import GPTModel, count_parameters, flops_per_token
 from megatron_lite.parallel import state as parallel_state
@@ -91,6 +91,7 @@ class Trainer:
         )
         if self.train_data is None:
             raise UserError(f"split '{cfg.data.split}' leaves no training data (key 'split')")
+        check_token_ids(cfg.data, self.tokenizer.vocab_size, cfg.data.vocab_file)
         self.model = GPTModel(cfg.model).to(self.device)
         # The compiled wrapper shares the model's parameters; saving and loading go through self.model.
         self.forward_model = torch.compile(self.model) if t.torch_compile else self.model

@@ -95,6 +95,26 @@ def test_corrupt_tokenizer_file(tmp_path, micro_config):
     assert_clean_error(proc, str(broken))
 
 
+@pytest.mark.parametrize("kind", ["SPMTokenizer", "GPT2BPETokenizer"])
+def test_tokenizer_file_of_the_wrong_kind(tmp_path, micro_config, kind):
+    hf_json = tmp_path / "tokenizer.json"  # a file of another kind than tokenizer-type names
+    hf_json.write_text('{"version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": []}}')
+    merges = tmp_path / "merges.txt"
+    merges.write_text("#version: 0.2\n")
+    proc = train(tmp_path, micro_config, "", "--tokenizer-type", kind, "--vocab-file", str(hf_json),
+                 "--merge-file", str(merges))
+    assert_clean_error(proc, str(hf_json))
+
+
+def test_data_made_with_another_tokenizer(tmp_path, micro_config):
+    from megatron_lite.data.tokenizer import save_tokenizer, train_byte_level_bpe
+
+    save_tokenizer(train_byte_level_bpe(["def f(x):\n    return x\n"] * 20, 300), str(tmp_path / "small_tok"))
+    proc = train(tmp_path, micro_config, "", "--vocab-file", str(tmp_path / "small_tok" / "tokenizer.json"))
+    assert_clean_error(proc, "small_text_document.bin", "holds token id", "has 2")  # the data's ids reach ~1023
+    assert no_checkpoint(tmp_path / "ckpt")
+
+
 def test_load_pointing_at_a_missing_step(tmp_path, micro_config):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
