@@ -25,7 +25,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bias_gelu_forward", &fused_cpu::bias_gelu_forward, "gelu_tanh(x + bias)");
   m.def("bias_gelu_backward", &fused_cpu::bias_gelu_backward, "(grad x, grad bias)");
   m.def("softmax_cross_entropy_forward", &fused_cpu::softmax_cross_entropy_forward, "(loss, logsumexp) per row");
+  m.def("softmax_cross_entropy_backward", &fused_cpu::softmax_cross_entropy_backward, "grad of the logits");
   m.def("decode_linear", &fused_cpu::decode_linear, "x W^T + b for at most 8 rows of x",
         py::arg("x"), py::arg("weight"), py::arg("bias") = py::none());
-  m.def("softmax_cross_entropy_backward", &fused_cpu::softmax_cross_entropy_backward, "grad of the logits");
 }

@@ -46,8 +46,8 @@ class FastDecoder:
         self.rotary_dims, self.scale = model.rotary.dims, 1.0 / math.sqrt(self.head_dim)
         self._rotary_tables(cfg.max_position_embeddings)
         weight = model.embed_in.weight
-        on_cpu = weight.device.type == "cpu"
-        self.kernel = fused.use_kernel("generation's decode_linear kernel", "cpu", weight.dtype) if on_cpu else None
+        self.kernel = (fused.use_kernel("generation's decode_linear kernel", "cpu", weight.dtype)
+                       if weight.device.type == "cpu" else None)
         self.kernel_max_rows = KERNEL_MAX_ROWS.get(weight.dtype, 0)
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor = None) -> torch.Tensor:
@@ -88,11 +88,13 @@ class FastDecoder:
             # Residual adds go in place into the fresh branch outputs: no new tensors per step.
             if self.parallel_residual:
                 m = torch.layer_norm(x, (h,), w2, b2, eps)
-                x = self.linear(F.gelu(self.linear(m, wup, bup), approximate=self.gelu), wdown, bdown).add_(attn).add_(x)
+                up = F.gelu(self.linear(m, wup, bup), approximate=self.gelu)
+                x = self.linear(up, wdown, bdown).add_(attn).add_(x)
             else:
                 x = attn.add_(x)
                 m = torch.layer_norm(x, (h,), w2, b2, eps)
-                x = self.linear(F.gelu(self.linear(m, wup, bup), approximate=self.gelu), wdown, bdown).add_(x)
+                up = F.gelu(self.linear(m, wup, bup), approximate=self.gelu)
+                x = self.linear(up, wdown, bdown).add_(x)
         cache.advance(1)
         norm = self.model.final_layer_norm
         if norm._forward_hooks:  # contrastive search reads this output through a hook
