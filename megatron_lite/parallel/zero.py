@@ -29,15 +29,75 @@ def deepspeed_config(optim: OptimConfig, train: TrainConfig) -> dict:
 
 
 def initialize(model: torch.nn.Module, optimizer, optim: OptimConfig, train: TrainConfig):
-    """Wrap model and optimizer in a DeepSpeed engine; torch.distributed must already be initialised."""
+    """(DeepSpeed engine over model and optimizer, the optimizer's parameter groups as they were).
+
+    torch.distributed must already be initialised. Optimizer state loaded from a checkpoint (in torch
+    AdamW's per-parameter layout) moves into DeepSpeed's partitions."""
     try:
         import deepspeed
     except ImportError:
         raise UserError(f"zero_optimization stage {optim.zero_stage} needs DeepSpeed: "
                         "pip install -e '.[deepspeed]'") from None
+    groups = [list(g["params"]) for g in optimizer.param_groups]  # DeepSpeed replaces them with flat partitions
+    loaded = {p: optimizer.state.pop(p) for params in groups for p in params if p in optimizer.state}
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(optim, train),
                                            dist_init_required=False)
-    return engine
+    if loaded:
+        _install_state(engine, groups, loaded)
+    return engine, groups
+
+
+def _install_state(engine, groups, loaded: dict) -> None:
+    """Write per-parameter AdamW state into this rank's partitions of it."""
+    from deepspeed.utils import safe_set_full_optimizer_state
+
+    zero_optimizer = engine.optimizer
+    step = next(iter(loaded.values()))["step"]
+    # Our AdamW now steps DeepSpeed's flat fp32 partitions and creates its state at the first step:
+    # create it now, to write into.
+    partitions = getattr(zero_optimizer, "single_partition_of_fp32_groups", None) or \
+        zero_optimizer.fp32_partitioned_groups_flat  # stages 1-2, stage 3
+    for flat in partitions:
+        zero_optimizer.optimizer.state[flat] = {"step": step.clone().to(flat.device),
+                                                "exp_avg": torch.zeros_like(flat), "exp_avg_sq": torch.zeros_like(flat)}
+    _link_state(zero_optimizer)
+    for params in groups:
+        for p in params:
+            for key in ("exp_avg", "exp_avg_sq"):
+                safe_set_full_optimizer_state(p, loaded[p][key], key)
+
+
+def _link_state(zero_optimizer) -> None:
+    """Point each parameter's fragment at its slice of the AdamW state: DeepSpeed 0.19's stages 1-2 link
+    them once, after the first group's first step, so the later groups' fragments stay empty."""
+    from deepspeed.utils import lazy_init_hp_params_optimizer_state
+
+    if hasattr(zero_optimizer, "single_partition_of_fp32_groups"):  # stages 1-2 (stage 3 has no fragments)
+        for params, flat in zip(zero_optimizer.bit16_groups, zero_optimizer.single_partition_of_fp32_groups):
+            lazy_init_hp_params_optimizer_state(params, flat, zero_optimizer.optimizer.state)
+        zero_optimizer._hp_optimizer_states_linked = True
+
+
+def optimizer_state_dict(engine, groups) -> dict:
+    """The whole optimizer state in torch AdamW's per-parameter layout, as a run without ZeRO saves it.
+
+    Collective: every data-parallel rank calls it (each contributes its partitions)."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    base = engine.optimizer.optimizer
+    step = next(iter(base.state.values()))["step"] if base.state else None
+    if step is not None:
+        _link_state(engine.optimizer)
+    state, param_groups, index = {}, [], 0
+    for params, group in zip(groups, base.param_groups):
+        ids = list(range(index, index + len(params)))
+        param_groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": ids})
+        for i, p in zip(ids, params):
+            if step is not None:
+                state[i] = {"step": step.clone(), **{key: safe_get_full_optimizer_state(p, key).cpu()
+                                                     for key in ("exp_avg", "exp_avg_sq")}}
+        index += len(params)
+    return {"state": state, "param_groups": param_groups}
 
 
 @contextlib.contextmanager

@@ -86,9 +86,8 @@ def set_rng_state(tensors: dict, meta: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple:
+def _optimizer_to_files(sd: dict) -> tuple:
     """Split an optimizer state_dict into tensors (safetensors) and the rest (JSON)."""
-    sd = optimizer.state_dict()
     tensors, scalars = {}, {}
     for idx, state in sd["state"].items():
         for name, value in state.items():
@@ -112,7 +111,8 @@ def save_checkpoint(save_dir: str, model, optimizer, state: TrainerState, config
     """Write SAVE/global_stepN atomically and point SAVE/latest at it; returns the checkpoint path.
 
     Every rank calls this: dp rank 0 of each tp group writes its tp shard of weights and optimizer state,
-    every rank its RNG state, global rank 0 the shared files and, after all ranks are done, `latest`."""
+    every rank its RNG state, global rank 0 the shared files and, after all ranks are done, `latest`.
+    optimizer: a torch optimizer, or a state_dict in its layout (ZeRO's state, gathered from its partitions)."""
     par = par or ParallelState()
     tag = f"global_step{state.iteration}"
     tmp = os.path.join(save_dir, f".tmp-{tag}")
@@ -131,7 +131,8 @@ def save_checkpoint(save_dir: str, model, optimizer, state: TrainerState, config
         tp = par.tp_rank
         _write_tensors(os.path.join(tmp, f"model_mp_rank_{tp:02d}.safetensors"), model.state_dict())
         if optimizer is not None:
-            opt_tensors, opt_meta = _optimizer_to_files(optimizer)
+            opt_tensors, opt_meta = _optimizer_to_files(optimizer if isinstance(optimizer, dict)
+                                                        else optimizer.state_dict())
             _write_tensors(os.path.join(tmp, f"optim_mp_rank_{tp:02d}.safetensors"), opt_tensors)
             _write_json(os.path.join(tmp, f"optim_mp_rank_{tp:02d}.json"), opt_meta)
     rng_tensors, rng_meta = rng_state()
@@ -284,6 +285,9 @@ def load_checkpoint(load_dir: str, model, optimizer=None, par: Optional[Parallel
     with open(os.path.join(ckpt, "trainer_state.json")) as f:
         meta = json.load(f)
     if optimizer is not None:
+        if not os.path.isfile(os.path.join(ckpt, "optim_mp_rank_00.json")):
+            raise UserError(f"{ckpt} holds no optimizer state (a ZeRO run of an earlier version kept only the "
+                            "weights); set 'finetune: true' to start from its weights")
         opt_tensors = _load_tp_shard(ckpt, "optim", par.tp_rank, par.tp_size, _optimizer_key_renames(model, optimizer))
         json_rank = min(par.tp_rank, tp_shard_count(ckpt) - 1)  # the non-tensor state is the same on every tp rank
         with open(os.path.join(ckpt, f"optim_mp_rank_{json_rank:02d}.json")) as f:

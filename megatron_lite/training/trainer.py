@@ -125,10 +125,8 @@ class Trainer:
             raise UserError(f"{stage} with model-parallel-size {self.par.tp_size} is not supported: use one of them")
         if cfg.precision.precision == "fp16":
             raise UserError(f"{stage} runs fp32 or bf16 here; fp16 loss scaling under ZeRO is not supported")
-        if cfg.train.load and not cfg.train.finetune:
-            raise UserError(f"{stage}: resuming the sharded optimizer state is not supported; "
-                            "set 'finetune: true' to start from the checkpoint's weights")
-        return zero.initialize(self.model, self.optimizer, cfg.optim, cfg.train)
+        engine, self.zero_groups = zero.initialize(self.model, self.optimizer, cfg.optim, cfg.train)
+        return engine
 
     def _zero_step(self, first: int) -> tuple:
         """Micro batches through the DeepSpeed engine: (summed loss, gradient norm before clipping)."""
@@ -224,9 +222,10 @@ class Trainer:
         if not t.save or self.last_saved == self.state.iteration:
             return
         self.state.loss_scaler = self.scaler.state_dict()
-        # Under ZeRO each rank holds only part of the optimizer state: the checkpoint keeps the weights.
+        # Under ZeRO each rank holds part of the optimizer state: gathered, it is saved as without ZeRO.
+        optimizer = zero.optimizer_state_dict(self.engine, self.zero_groups) if self.engine else self.optimizer
         with zero.full_parameters(self.engine, self.cfg.optim.zero_stage) if self.engine else contextlib.nullcontext():
-            save_checkpoint(t.save, self.model, None if self.engine else self.optimizer, self.state,
+            save_checkpoint(t.save, self.model, optimizer, self.state,
                             dump_config(self.cfg), keep_last=t.keep_last_n_checkpoints, par=self.par)
         self.last_saved = self.state.iteration
 

@@ -170,6 +170,9 @@ def test_loading_refuses_mismatched_shapes_and_missing_checkpoints(tmp_path):
         C.load_checkpoint(str(tmp_path), other)
     with pytest.raises(UserError, match="no checkpoint found"):
         C.resolve_checkpoint(str(tmp_path / "nowhere"))
+    C.save_checkpoint(str(tmp_path / "weights"), model, None, C.TrainerState(iteration=1), "")
+    with pytest.raises(UserError, match="holds no optimizer state.*finetune: true"):
+        C.load_checkpoint(str(tmp_path / "weights"), model, opt)
     (tmp_path / "latest").write_text("global_step99\n")
     with pytest.raises(UserError, match="not a checkpoint directory"):
         C.latest_checkpoint(str(tmp_path))
