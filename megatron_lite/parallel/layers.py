@@ -24,6 +24,7 @@ def _divide(n: int, tp: int, what: str) -> int:
 
 def _mark(p: nn.Parameter, dim: int) -> nn.Parameter:
     p.tp_dim = dim
+    p.tensor_model_parallel = True  # Megatron's name: DeepSpeed's ZeRO counts such shards in the gradient norm
     return p
 
 

@@ -11,6 +11,7 @@ import torch
 
 from megatron_lite.config import OptimConfig, TrainConfig
 from megatron_lite.errors import UserError
+from megatron_lite.parallel import state as parallel_state
 
 
 def deepspeed_config(optim: OptimConfig, train: TrainConfig) -> dict:
@@ -40,11 +41,43 @@ def initialize(model: torch.nn.Module, optimizer, optim: OptimConfig, train: Tra
                         "pip install -e '.[deepspeed]'") from None
     groups = [list(g["params"]) for g in optimizer.param_groups]  # DeepSpeed replaces them with flat partitions
     loaded = {p: optimizer.state.pop(p) for params in groups for p in params if p in optimizer.state}
+    par = parallel_state.get()
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(optim, train),
+                                           mpu=_ModelParallelGroups(par) if par.tp_size > 1 else None,
                                            dist_init_required=False)
     if loaded:
         _install_state(engine, groups, loaded)
     return engine, groups
+
+
+class _ModelParallelGroups:
+    """Our groups in the `mpu` interface DeepSpeed takes from Megatron: ZeRO partitions over the data-parallel
+    group, and its gradient norm counts tensor-parallel shards on every rank, replicated weights once."""
+
+    def __init__(self, par):
+        self.par = par
+
+    def get_model_parallel_group(self):
+        return self.par.tp_group
+
+    def get_model_parallel_rank(self):
+        return self.par.tp_rank
+
+    def get_model_parallel_world_size(self):
+        return self.par.tp_size
+
+    def get_data_parallel_group(self):
+        return self.par.dp_group
+
+    def get_data_parallel_rank(self):
+        return self.par.dp_rank
+
+    def get_data_parallel_world_size(self):
+        return self.par.dp_size
+
+    get_tensor_model_parallel_group = get_model_parallel_group
+    get_tensor_model_parallel_rank = get_model_parallel_rank
+    get_tensor_model_parallel_world_size = get_model_parallel_world_size
 
 
 def _install_state(engine, groups, loaded: dict) -> None:

@@ -121,8 +121,6 @@ class Trainer:
         """DeepSpeed takes over gradient reduction, clipping and the optimizer step (ZeRO stages 1-3)."""
         cfg = self.cfg
         stage = f"zero_optimization stage {cfg.optim.zero_stage}"
-        if self.par.tp_size > 1:
-            raise UserError(f"{stage} with model-parallel-size {self.par.tp_size} is not supported: use one of them")
         if cfg.precision.precision == "fp16":
             raise UserError(f"{stage} runs fp32 or bf16 here; fp16 loss scaling under ZeRO is not supported")
         engine, self.zero_groups = zero.initialize(self.model, self.optimizer, cfg.optim, cfg.train)
