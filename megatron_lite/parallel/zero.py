@@ -2,7 +2,9 @@
 
 Our model and torch AdamW go in as DeepSpeed's client model and optimizer (no DeepSpeed op is compiled for
 Adam); DeepSpeed partitions the optimizer state (1), gradients (2) and parameters (3) over data-parallel ranks,
-reduces gradients, clips and steps. DeepSpeed is an optional extra: `pip install -e .[deepspeed]`.
+reduces gradients, clips and steps; with tensor parallelism it gets our process groups. Checkpoints hold the
+optimizer state gathered into torch AdamW's per-parameter layout (no DeepSpeed pickles), so a ZeRO run
+resumes exactly, or continues without ZeRO. DeepSpeed is an optional extra: `pip install -e .[deepspeed]`.
 """
 
 import contextlib

@@ -68,11 +68,12 @@ def test_zero_resumes_exactly_and_its_checkpoint_resumes_without_zero(micro_conf
 
 
 @pytest.mark.parametrize("stage", [1, 3])
-def test_zero_with_tensor_parallelism_trains_and_resumes_like_plain_tp2_dp2(micro_config, tmp_path, monkeypatch, stage):
+def test_zero_with_tensor_parallelism_resumes_and_matches_plain_tp2_dp2(micro_config, tmp_path, monkeypatch, stage):
     """4 processes, tp=2 x dp=2: DeepSpeed gets our groups (partitions within each data-parallel group, shards
     counted once per tp rank in the gradient norm); stopped at step 2 and resumed, it matches plain tp2 x dp2."""
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", os.environ.get("MEGATRON_LITE_TEST_EXT_DIR", str(tmp_path / "ext")))
-    tp2dp2 = ("--train-iters", "4", "--num-procs", "4", "--model-parallel-size", "2", "--gradient-accumulation-steps", "1")
+    tp2dp2 = ("--train-iters", "4", "--num-procs", "4", "--model-parallel-size", "2",
+              "--gradient-accumulation-steps", "1")
     plain = train(micro_config, tmp_path / "plain", *tp2dp2)
     zero = ("--zero-optimization", f"{{stage: {stage}}}")
     train(micro_config, tmp_path / "zero", *tp2dp2, *zero, "--exit-interval", "2")
