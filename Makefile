@@ -39,10 +39,10 @@ demo: install
 
 # Fast suite (the one CI runs); `make test-all` adds the slow end-to-end tests.
 test: install-test
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow" --durations=25 tests
 
 test-all: install-test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 bench: install-test
 	$(PY) bench/train_throughput.py

@@ -17,11 +17,10 @@ from megatron_lite.errors import UserError, exit_on_user_error
 TASKS = ("perplexity", "humaneval")
 
 
-def split_perplexity(cfg, model, device):
+def split_perplexity(cfg, model, device, amp):
     """Perplexity of the valid or test split of data-path, as in training's validation."""
     from megatron_lite.data.gpt_dataset import build_train_valid_test_datasets
     from megatron_lite.evaluation.perplexity import perplexity, unigram_entropy
-    from megatron_lite.training.trainer import autocast
 
     if cfg.data.data_path is None:
         raise UserError("no evaluation data: set 'data-path' to a preprocessed PREFIX, or 'eval-data-dir' / 'eval-files'")
@@ -31,8 +30,7 @@ def split_perplexity(cfg, model, device):
     dataset = splits[1] if cfg.eval.eval_split == "valid" else splits[2]
     if dataset is None:
         raise UserError(f"split '{cfg.data.split}' gives the {cfg.eval.eval_split} split no documents (key 'split')")
-    result = perplexity(model, dataset, cfg.train.train_micro_batch_size_per_gpu, device,
-                        lambda: autocast(device, cfg.precision.precision))
+    result = perplexity(model, dataset, cfg.train.train_micro_batch_size_per_gpu, device, amp)
     result["unigram_entropy"] = unigram_entropy(dataset)
     print(f"{cfg.eval.eval_split} perplexity {result['perplexity']:.3f} (loss {result['loss']:.4f} nats/token "
           f"over {result['tokens']} tokens; a unigram model of this split scores {result['unigram_entropy']:.4f})")
@@ -61,16 +59,14 @@ def plan_language_perplexity(cfg):
     return find_eval_files(e.eval_data_dir, e.eval_files, languages), context, stride
 
 
-def language_perplexity(cfg, plan, model, tokenizer, device, rank, world_size):
+def language_perplexity(cfg, plan, model, tokenizer, device, amp, rank, world_size):
     """Perplexity per language of whole files scored with rolling windows; files shared out across ranks."""
     from megatron_lite.evaluation.perplexity import score_files, summarize
     from megatron_lite.evaluation.report import markdown_table, write_perplexity_report
-    from megatron_lite.training.trainer import autocast
 
     e = cfg.eval
     files, context, stride = plan
-    table = score_files(model, tokenizer, files, context, stride, e.eval_batch_size, device,
-                        lambda: autocast(device, cfg.precision.precision), rank, world_size)
+    table = score_files(model, tokenizer, files, context, stride, e.eval_batch_size, device, amp, rank, world_size)
     summary = summarize(files, table)
     if rank == 0:
         print(markdown_table(summary), end="")
@@ -178,10 +174,18 @@ def evaluate(cfg) -> dict:
         model, tokenizer, device = load_trained_model(cfg)
     results = {}
     if "perplexity" in cfg.eval.eval_tasks:
+        import functools
+
+        from megatron_lite.precision import autocast, resolve_precision
+
+        precision = resolve_precision(cfg.precision.precision, device)
+        if rank == 0:
+            print(f"precision: {precision.name} ({precision.reason})")
+        amp = functools.partial(autocast, device, precision.name)
         if by_language:
-            results.update(language_perplexity(cfg, plan, model, tokenizer, device, rank, world_size))
+            results.update(language_perplexity(cfg, plan, model, tokenizer, device, amp, rank, world_size))
         elif rank == 0:
-            results.update(split_perplexity(cfg, model, device))
+            results.update(split_perplexity(cfg, model, device, amp))
     if "humaneval" in cfg.eval.eval_tasks and rank == 0:  # generation and execution run on one rank
         results.update(humaneval(cfg, coding, model, tokenizer))
     if cfg.eval.eval_results_prefix and rank == 0:

@@ -7,7 +7,6 @@ MEGATRON_LITE_NO_KERNELS=1 skips both (the model then uses its plain torch paths
 
 import glob
 import os
-import platform
 
 from setuptools import find_packages, setup
 
@@ -24,11 +23,12 @@ def kernel_extensions():
     except ImportError:
         raise SystemExit("setup.py: torch must be installed before megatron_lite (pip install torch==2.13.0), "
                          "and pip run with --no-build-isolation, to build the fused kernels") from None
-    native = ["-march=native"] if platform.machine() in ("x86_64", "AMD64") else []
     cpu = CppExtension(
         "megatron_lite._fused_cpu",
         sorted(glob.glob(os.path.join(CSRC, "*_cpu.cpp"))) + [os.path.join(CSRC, "cpu_module.cpp")],
-        extra_compile_args=["-O3", "-g0", "-fopenmp", *native],
+        # No -march=native: the build must run on any x86-64 CPU; the hot loops carry AVX2 and AVX-512
+        # versions chosen at load time (FUSED_CPU_MULTIVERSION in csrc/cpu_math.h).
+        extra_compile_args=["-O3", "-g0", "-fopenmp"],
         extra_link_args=["-fopenmp"],  # resolves to the libgomp torch already loaded
     )
     modules = [cpu]

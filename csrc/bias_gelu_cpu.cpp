@@ -17,7 +17,7 @@ constexpr float kCubic = 0.044715f;
 // One row; the pointers are function arguments so that GCC sees affine accesses and vectorises the loop
 // (through a lambda's captures it does not).
 template <typename T>
-inline void forward_row(const T* x, const float* bias, T* y, int64_t h) {
+FUSED_CPU_MULTIVERSION void forward_row(const T* x, const float* bias, T* y, int64_t h) {
 #pragma omp simd
   for (int64_t j = 0; j < h; ++j) {
     const float u = to_float(x[j]) + bias[j];
@@ -28,7 +28,7 @@ inline void forward_row(const T* x, const float* bias, T* y, int64_t h) {
 
 // dx = g * gelu'(x + bias), and dx added into the fp32 bias-gradient accumulator.
 template <typename T>
-inline void backward_row(const T* g, const T* x, const float* bias, T* dx, float* acc, int64_t h) {
+FUSED_CPU_MULTIVERSION void backward_row(const T* g, const T* x, const float* bias, T* dx, float* acc, int64_t h) {
 #pragma omp simd
   for (int64_t j = 0; j < h; ++j) {
     const float u = to_float(x[j]) + bias[j];

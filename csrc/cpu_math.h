@@ -7,6 +7,16 @@
 
 #include <c10/util/BFloat16.h>
 
+// The extension is built for the x86-64 baseline (no -march=native: a build must run on any x86-64 CPU).
+// Each function holding a hot loop is compiled three times, for AVX-512 (x86-64-v4), AVX2 + FMA (x86-64-v3)
+// and the baseline, and the dynamic loader picks the best one this CPU runs (GCC function multiversioning).
+// Helpers such as fast_exp stay plain inline functions: they are inlined into each version.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FUSED_CPU_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FUSED_CPU_MULTIVERSION
+#endif
+
 namespace fused_cpu {
 
 inline float to_float(float x) { return x; }
@@ -49,8 +59,9 @@ inline float fast_tanh(float z) {
 }
 
 // dx = scale * y * (g - <g, y>) over n entries of a row: the gradient of y = softmax(scale * x).
+// static: every kernel file gets its own versions (no clash of multiversioned symbols at link time).
 template <typename T>
-inline void softmax_backward_row(const T* g, const T* y, T* dx, int64_t n, float scale) {
+FUSED_CPU_MULTIVERSION static void softmax_backward_row(const T* g, const T* y, T* dx, int64_t n, float scale) {
   float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
   for (int64_t j = 0; j < n; ++j) dot += to_float(g[j]) * to_float(y[j]);

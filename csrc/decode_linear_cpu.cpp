@@ -17,7 +17,7 @@ constexpr int64_t kMaxRows = 8;  // beyond this the rows are a matrix product, w
 // y[r, o] = <w[o], x[r]> + bias[o] for o in [begin, end); x is fp32 [rows, n], y is [rows, ldy].
 // Four rows of x share each pass over a weight row: one weight load feeds four multiply-adds.
 template <typename T>
-void rows_times_weights(const float* x, const T* w, const float* bias, T* y, int64_t rows, int64_t n,
+FUSED_CPU_MULTIVERSION void rows_times_weights(const float* x, const T* w, const float* bias, T* y, int64_t rows, int64_t n,
                         int64_t ldy, int64_t begin, int64_t end) {
   for (int64_t o = begin; o < end; ++o) {
     const T* wo = w + o * n;

@@ -13,38 +13,44 @@
 namespace fused_cpu {
 namespace {
 
+// Rows [begin, end); f is an fp32 scratch row of sk entries.
+template <typename T>
+FUSED_CPU_MULTIVERSION void forward_range(const T* x, const bool* mask, T* y, float* f, int64_t begin, int64_t end,
+                                          int64_t np, int64_t sq, int64_t sk, bool mask_per_batch, float scale) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t batch = r / (np * sq), q = r % sq;
+    const bool* mr = mask + ((mask_per_batch ? batch : 0) * sq + q) * sk;
+    const T* xr = x + r * sk;
+    T* yr = y + r * sk;
+    float m = neg_inf;
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < sk; ++j) {
+      f[j] = mr[j] ? neg_inf : to_float(xr[j]) * scale;
+      m = f[j] > m ? f[j] : m;
+    }
+    if (m == neg_inf) {  // fully masked row
+      for (int64_t j = 0; j < sk; ++j) yr[j] = from_float<T>(0.f);
+      continue;
+    }
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < sk; ++j) {
+      f[j] = mr[j] ? 0.f : fast_exp(f[j] - m);
+      sum += f[j];
+    }
+    const float inv = 1.f / sum;
+#pragma omp simd
+    for (int64_t j = 0; j < sk; ++j) yr[j] = from_float<T>(f[j] * inv);
+  }
+}
+
 template <typename T>
 void forward_rows(const T* x, const bool* mask, T* y, int64_t b, int64_t np, int64_t sq, int64_t sk,
                   bool mask_per_batch, float scale) {
-  const float neg_inf = -std::numeric_limits<float>::infinity();
   at::parallel_for(0, b * np * sq, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> buf(sk);
-    float* f = buf.data();
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t batch = r / (np * sq), q = r % sq;
-      const bool* mr = mask + ((mask_per_batch ? batch : 0) * sq + q) * sk;
-      const T* xr = x + r * sk;
-      T* yr = y + r * sk;
-      float m = neg_inf;
-#pragma omp simd reduction(max : m)
-      for (int64_t j = 0; j < sk; ++j) {
-        f[j] = mr[j] ? neg_inf : to_float(xr[j]) * scale;
-        m = f[j] > m ? f[j] : m;
-      }
-      if (m == neg_inf) {  // fully masked row
-        for (int64_t j = 0; j < sk; ++j) yr[j] = from_float<T>(0.f);
-        continue;
-      }
-      float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < sk; ++j) {
-        f[j] = mr[j] ? 0.f : fast_exp(f[j] - m);
-        sum += f[j];
-      }
-      const float inv = 1.f / sum;
-#pragma omp simd
-      for (int64_t j = 0; j < sk; ++j) yr[j] = from_float<T>(f[j] * inv);
-    }
+    forward_range(x, mask, y, buf.data(), begin, end, np, sq, sk, mask_per_batch, scale);
   });
 }
 

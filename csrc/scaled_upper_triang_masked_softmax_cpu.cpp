@@ -13,32 +13,38 @@
 namespace fused_cpu {
 namespace {
 
+// Rows [begin, end); b is an fp32 scratch row of sk entries.
+template <typename T>
+FUSED_CPU_MULTIVERSION void forward_range(const T* x, T* y, float* b, int64_t begin, int64_t end, int64_t sq,
+                                          int64_t sk, float scale) {
+  for (int64_t r = begin; r < end; ++r) {
+    const T* xr = x + r * sk;
+    T* yr = y + r * sk;
+    const int64_t valid = r % sq + 1 + (sk - sq);
+    float m = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < valid; ++j) {
+      b[j] = to_float(xr[j]) * scale;
+      m = b[j] > m ? b[j] : m;
+    }
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < valid; ++j) {
+      b[j] = fast_exp(b[j] - m);
+      sum += b[j];
+    }
+    const float inv = 1.f / sum;
+#pragma omp simd
+    for (int64_t j = 0; j < valid; ++j) yr[j] = from_float<T>(b[j] * inv);
+    for (int64_t j = valid; j < sk; ++j) yr[j] = from_float<T>(0.f);
+  }
+}
+
 template <typename T>
 void forward_rows(const T* x, T* y, int64_t rows, int64_t sq, int64_t sk, float scale) {
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> buf(sk);
-    float* b = buf.data();
-    for (int64_t r = begin; r < end; ++r) {
-      const T* xr = x + r * sk;
-      T* yr = y + r * sk;
-      const int64_t valid = r % sq + 1 + (sk - sq);
-      float m = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : m)
-      for (int64_t j = 0; j < valid; ++j) {
-        b[j] = to_float(xr[j]) * scale;
-        m = b[j] > m ? b[j] : m;
-      }
-      float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < valid; ++j) {
-        b[j] = fast_exp(b[j] - m);
-        sum += b[j];
-      }
-      const float inv = 1.f / sum;
-#pragma omp simd
-      for (int64_t j = 0; j < valid; ++j) yr[j] = from_float<T>(b[j] * inv);
-      for (int64_t j = valid; j < sk; ++j) yr[j] = from_float<T>(0.f);
-    }
+    forward_range(x, y, buf.data(), begin, end, sq, sk, scale);
   });
 }
 

@@ -15,7 +15,7 @@ namespace fused_cpu {
 namespace {
 
 template <typename T>
-inline float row_logsumexp(const T* x, int64_t v) {
+FUSED_CPU_MULTIVERSION float row_logsumexp(const T* x, int64_t v) {
   float m = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : m)
   for (int64_t j = 0; j < v; ++j) m = to_float(x[j]) > m ? to_float(x[j]) : m;
@@ -26,7 +26,7 @@ inline float row_logsumexp(const T* x, int64_t v) {
 }
 
 template <typename T>
-inline void row_grad(const T* x, float lse, float g, T* dx, int64_t v) {
+FUSED_CPU_MULTIVERSION void row_grad(const T* x, float lse, float g, T* dx, int64_t v) {
 #pragma omp simd
   for (int64_t j = 0; j < v; ++j) dx[j] = from_float<T>(fast_exp(to_float(x[j]) - lse) * g);
 }

@@ -118,11 +118,15 @@ class TrainConfig:
     finetune: bool = opt(False, "load weights only: reset iteration, optimizer and data position")
     exit_interval: Optional[int] = opt(None, "stop (after saving) once iteration reaches a multiple of this")
     torch_compile: bool = opt(False, "compile the model with torch.compile (first steps are slower)")
+    train_time_budget: Optional[float] = opt(None, "seconds of training steps to fit the run into: its speed is "
+                                                   "measured first, then train-iters (an upper bound) and the lr "
+                                                   "schedule shrink to fit; evaluation and saving not counted")
 
 
 @dataclass
 class PrecisionConfig:
-    precision: str = opt("fp32", "derived from fp16.enabled / bf16.enabled: fp32 | fp16 | bf16")
+    precision: str = opt("auto", "fp32 | fp16 | bf16 (or fp16.enabled / bf16.enabled) | auto: bf16 where the device "
+                                 "runs it natively (measured on CPU), else fp32. GPT-NeoX's default is fp32")
     loss_scale: float = opt(0.0, "fp16 static loss scale; 0 = dynamic")
     initial_scale_power: int = opt(16, "fp16 dynamic loss scaling starts at 2**this")
     loss_scale_window: int = opt(1000, "fp16: steps without overflow before the scale doubles")

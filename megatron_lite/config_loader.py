@@ -55,7 +55,7 @@ CHOICES = {
     "data_impl": ("mmap",),
     "optimizer_type": ("Adam", "AdamW"),
     "lr_decay_style": ("cosine", "linear", "constant", "inverse_square_root"),
-    "precision": ("fp32", "fp16", "bf16"),
+    "precision": ("auto", "fp32", "fp16", "bf16"),
     "text_gen_type": ("unconditional", "input-file", "interactive"),
     "launcher": ("torchrun", "pdsh", "mpirun", "openmpi"),  # GPT-NeoX's pdsh / openmpi map to ours
     "eval_split": ("valid", "test"),
@@ -228,9 +228,11 @@ def _apply_nested(cfg, key, value, source, spelling):
     elif key in ("fp16", "bf16"):
         enabled = _convert(value.get("enabled", False), bool, f"{where} enabled")
         if enabled:
-            if cfg.precision.precision not in ("fp32", key):
+            if cfg.precision.precision not in ("auto", "fp32", key):
                 raise UserError(f"{where}: fp16 and bf16 cannot both be enabled")
             cfg.precision.precision = key
+        elif "enabled" in value and cfg.precision.precision in ("auto", key):
+            cfg.precision.precision = "fp32"  # an explicit `enabled: false` means this format is not wanted
         allowed = {"enabled", "fp16", "type"} | (set(FP16_PARAMS) if key == "fp16" else {"bf16"})
         for name, param in value.items():
             if name not in allowed:

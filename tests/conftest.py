@@ -38,6 +38,13 @@ def small_corpus(tmp_path_factory):
             "prefix": str(root / "small_text_document")}
 
 
+@pytest.fixture(scope="session")
+def torch_extensions_dir(tmp_path_factory):
+    """One private extensions cache per session: DeepSpeed JIT-compiles its CPU comm op (~75 s) there once, not once
+    per test (a stale lock in a shared cache once hung a run)."""
+    return os.environ.get("MEGATRON_LITE_TEST_EXT_DIR") or str(tmp_path_factory.mktemp("torch_extensions"))
+
+
 @pytest.fixture
 def micro_config(tmp_path, small_corpus):
     """A 2-layer model config on the small corpus that trains in seconds; returns the YAML path."""
@@ -60,6 +67,7 @@ eval-interval: 10
 eval-iters: 2
 log-interval: 5
 hidden-dropout: 0.1
+precision: fp32
 attention-dropout: 0.1
 data-path: {small_corpus['prefix']}
 vocab-file: {small_corpus['tokenizer']}

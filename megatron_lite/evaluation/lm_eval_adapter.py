@@ -96,15 +96,16 @@ def register():
             super().__init__()
             from megatron_lite.build import load_trained_model
             from megatron_lite.config_loader import load_config
-            from megatron_lite.training.trainer import autocast
+            from megatron_lite.precision import autocast, resolve_precision
 
             cfg = load_config(config.split("+"))
             if load:
                 cfg.train.load = load
             model, tokenizer, device = load_trained_model(cfg)
+            precision = resolve_precision(cfg.precision.precision, device).name
             self.scorer = Scorer(model, tokenizer, device, cfg.model.max_position_embeddings,
                                  int(batch_size) if str(batch_size).isdigit() else 8,
-                                 lambda: autocast(device, cfg.precision.precision))
+                                 lambda: autocast(device, precision))
 
         def loglikelihood(self, requests):
             return self.scorer.loglikelihood([r.args for r in requests])

@@ -35,6 +35,7 @@ class TrainerState:
     consumed_train_samples: int = 0
     skipped_iters: int = 0
     loss_scaler: dict = field(default_factory=dict)
+    planned_iters: Optional[int] = None  # the run's length as train-time-budget planned it (None: train-iters)
 
 
 def _fsync_dir(path: str) -> None:

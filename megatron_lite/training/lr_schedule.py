@@ -11,10 +11,12 @@ from megatron_lite.config import OptimConfig
 class LRSchedule:
     """lr(iteration) for cosine | linear | constant | inverse_square_root decay with warmup."""
 
-    def __init__(self, cfg: OptimConfig):
+    def __init__(self, cfg: OptimConfig, length_scale: float = 1.0):
+        """length_scale < 1 compresses warmup and decay alike, for a run planned shorter (train-time-budget)."""
         self.max_lr, self.min_lr, self.style = cfg.lr, cfg.min_lr, cfg.lr_decay_style
-        self.decay_iters = cfg.lr_decay_iters
-        self.warmup_iters = cfg.warmup_iters if cfg.warmup_iters is not None else int(cfg.warmup * self.decay_iters)
+        self.decay_iters = max(1, round(cfg.lr_decay_iters * length_scale))
+        self.warmup_iters = (round(cfg.warmup_iters * length_scale) if cfg.warmup_iters is not None
+                             else int(cfg.warmup * self.decay_iters))
 
     def __call__(self, iteration: int) -> float:
         if self.warmup_iters > 0 and iteration <= self.warmup_iters:

@@ -10,8 +10,9 @@ from megatron_lite.errors import UserError
 GIB = 1024**3
 
 
-def estimate_training_bytes(cfg: Config, num_params: int) -> dict:
-    """Per-process bytes for weights, gradients, Adam state and activations (a deliberately rough estimate)."""
+def estimate_training_bytes(cfg: Config, num_params: int, precision: str) -> dict:
+    """Per-process bytes for weights, gradients, Adam state and activations (a deliberately rough estimate);
+    `precision` is the resolved one (fp32 | bf16 | fp16)."""
     m, t, p = cfg.model, cfg.train, cfg.parallel
     local_params = num_params / p.model_parallel_size
     stage, dp = cfg.optim.zero_stage, p.data_parallel_size
@@ -21,7 +22,7 @@ def estimate_training_bytes(cfg: Config, num_params: int) -> dict:
     grads = 4 * local_params / (dp if stage >= 2 else 1)
     weights = 4 * local_params / (dp if stage >= 3 else 1)
     b, s, h, a, L = t.train_micro_batch_size_per_gpu, m.seq_length, m.hidden_size, m.num_attention_heads, m.num_layers
-    act_bytes = 2 if cfg.precision.precision != "fp32" else 4
+    act_bytes = 2 if precision != "fp32" else 4
     # Korthikanti et al. 2022: ~34*s*b*h (+5*a*s^2*b for materialised attention scores) 16-bit bytes per layer.
     per_layer = (34 * s * b * h + 5 * a * s * s * b) * act_bytes / 2 / p.model_parallel_size
     if m.checkpoint_activations:
@@ -49,9 +50,9 @@ def available_bytes(device: torch.device) -> int:
     return total
 
 
-def check_fits(cfg: Config, num_params: int, device: torch.device) -> None:
+def check_fits(cfg: Config, num_params: int, device: torch.device, precision: str) -> None:
     """Raise a UserError with the estimate when training clearly needs more memory than the device has."""
-    need = estimate_training_bytes(cfg, num_params)
+    need = estimate_training_bytes(cfg, num_params, precision)
     have = available_bytes(device)
     if need["total"] > have:
         detail = ", ".join(f"{k} {v / GIB:.1f}" for k, v in need.items() if k != "total")

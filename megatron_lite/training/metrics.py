@@ -4,27 +4,14 @@ import time
 
 import torch
 
+from megatron_lite.precision import cpu_matmul_tflops
+
 # Dense peak TFLOP/s per GPU for 16-bit matmuls (fp32 runs at TF32 rates where noted by the vendor).
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "A10": 125.0, "L4": 121.0, "V100": 125.0}
 
 
-def measured_cpu_peak_tflops(dtype: torch.dtype, size: int = 512, seconds: float = 0.3) -> float:
-    """Best matmul TFLOP/s this CPU reaches in `dtype`: the ceiling MFU is measured against on CPU."""
-    gen = torch.Generator().manual_seed(0)  # private generator: must not disturb the training RNG stream
-    a = torch.randn(size, size, generator=gen).to(dtype)
-    b = torch.randn(size, size, generator=gen).to(dtype)
-    a @ b  # warm-up
-    best, deadline = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        start = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - start))
-    return best / 1e12
-
-
-def peak_tflops(device: torch.device, dtype: torch.dtype, override=None) -> tuple:
-    """(peak TFLOP/s, where it came from) for MFU: the config, a known GPU, or a CPU measurement."""
+def peak_tflops(device: torch.device, precision: str, override=None) -> tuple:
+    """(peak TFLOP/s, where it came from) for MFU: the config, a known GPU, or a CPU measurement in `precision`."""
     if override:
         return float(override), "config peak-tflops"
     if device.type == "cuda":
@@ -33,7 +20,7 @@ def peak_tflops(device: torch.device, dtype: torch.dtype, override=None) -> tupl
             if key in name:
                 return value, f"{name} datasheet"
         return 0.0, f"unknown GPU {name}; set peak-tflops"
-    return measured_cpu_peak_tflops(dtype), "measured CPU matmul peak"
+    return cpu_matmul_tflops(precision), f"measured CPU {precision} matmul peak"
 
 
 class Throughput:

@@ -24,27 +24,20 @@ from megatron_lite.parallel import zero
 from megatron_lite.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megatron_lite.parallel.data_parallel import GradReducer
 from megatron_lite.parallel.random import TRACKER
+from megatron_lite.precision import autocast, resolve_precision
 from megatron_lite.training.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from megatron_lite.training.loss_scaler import LossScaler
 from megatron_lite.training.lr_schedule import LRSchedule
 from megatron_lite.training.memory import check_fits
 from megatron_lite.training.metrics import Throughput, peak_tflops
 from megatron_lite.training.optim import build_optimizer, clip_grad_norm
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from megatron_lite.training.time_budget import planned_iterations, seconds_per_step
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def autocast(device: torch.device, precision: str):
-    """Mixed precision keeps fp32 master weights and runs matmuls in 16-bit."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[precision])
 
 
 def lm_loss(model, tokens: torch.Tensor, device, precision: str, fused_loss: bool = False) -> torch.Tensor:
@@ -77,13 +70,16 @@ class Trainer:
         self.par = parallel_state.initialize(cfg.parallel)
         self.cfg, self.device = cfg, default_device()
         self.is_main = self.par.rank == 0  # only rank 0 logs and writes shared files
+        resolved = resolve_precision(cfg.precision.precision, self.device)
+        self.precision = resolved.name  # fp32 | bf16 | fp16: what this run computes in
+        self.say(f"precision: {resolved.name} ({resolved.reason})")
         t = cfg.train
         if t.save:
             _check_writable(t.save, "save")
         seed_everything(t.seed)
         self.tokenizer = build_tokenizer_for(cfg)
         self.num_params = count_parameters(cfg.model)
-        check_fits(cfg, self.num_params, self.device)
+        check_fits(cfg, self.num_params, self.device, self.precision)
         self.train_data, self.valid_data, _ = datasets_from_config(
             cfg.data, cfg.model.seq_length,
             num_samples=(t.train_iters * t.train_batch_size, t.eval_iters * t.train_batch_size, 0),
@@ -95,12 +91,12 @@ class Trainer:
         self.model = GPTModel(cfg.model).to(self.device)
         # The compiled wrapper shares the model's parameters; saving and loading go through self.model.
         self.forward_model = torch.compile(self.model) if t.torch_compile else self.model
+        step_s = self._measure_step() if t.train_time_budget else None
         TRACKER.seed(t.seed)  # after init, which must be equal on every rank; dropout streams differ from here
         use_zero = cfg.optim.zero_stage > 0 and self.par.dp_size > 1  # DeepSpeed then reduces the gradients
         self.reducer = GradReducer(self.model.parameters(), self.par.dp_group, self.par.dp_size,
                                    cfg.parallel.ddp_bucket_mb) if self.par.dp_size > 1 and not use_zero else None
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.schedule = LRSchedule(cfg.optim)
         self.scaler = LossScaler(cfg.precision)
         self.overflows_in_a_row = 0
         self.state = TrainerState()
@@ -109,19 +105,52 @@ class Trainer:
             if self.state.loss_scaler:
                 self.scaler.load_state_dict(self.state.loss_scaler)
         self.engine = self._zero_engine() if use_zero else None
+        if step_s is not None:
+            self._plan_length(step_s)
+        else:
+            self.state.planned_iters = None
+        self.train_iters = self.state.planned_iters or t.train_iters  # this run's length
+        self.schedule = LRSchedule(cfg.optim, length_scale=self.train_iters / t.train_iters)
         self.last_saved = self.state.iteration if t.load and self.state.iteration else None
-        peak, self.peak_source = peak_tflops(self.device, DTYPES[cfg.precision.precision], cfg.log.peak_tflops)
+        peak, self.peak_source = peak_tflops(self.device, self.precision, cfg.log.peak_tflops)
         self.throughput = Throughput(flops_per_token(cfg.model, cfg.model.seq_length), peak)
         self.tb = _tensorboard(cfg.log.tensorboard_dir) if self.is_main else None
         self.metrics_file = os.path.join(cfg.log.log_dir, "metrics.jsonl") if cfg.log.log_dir and self.is_main else None
         if self.metrics_file:
             _check_writable(cfg.log.log_dir, "log-dir")
 
+    def say(self, message: str) -> None:
+        if self.is_main:
+            tqdm.write(message)
+
+    def _measure_step(self) -> float:
+        """Seconds of forward and backward of one step's micro batches; weights and RNG are left as they were."""
+        micro, gas = self.cfg.train.train_micro_batch_size_per_gpu, self.cfg.train.gradient_accumulation_steps
+        tokens = get_batch(self.train_data, 0, micro, self.device)
+
+        def step():
+            for _ in range(gas):
+                lm_loss(self.forward_model, tokens, self.device, self.precision,
+                        self.cfg.model.cross_entropy_loss_fusion).backward()
+            self.model.zero_grad(set_to_none=True)
+
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            return seconds_per_step(step)
+
+    def _plan_length(self, step_s: float) -> None:
+        """Fix the run's length from the measured speed, once: a resumed run keeps its checkpoint's plan."""
+        t = self.cfg.train
+        if self.state.planned_iters is None:
+            self.state.planned_iters = planned_iterations(t.train_time_budget, step_s, t.train_iters)
+        self.say(f"train-time-budget {t.train_time_budget:g}s: a step measured {step_s:.3f}s here, so this run "
+                 f"trains {self.state.planned_iters} of train-iters {t.train_iters} iterations (lr schedule scaled "
+                 "to match)")
+
     def _zero_engine(self):
         """DeepSpeed takes over gradient reduction, clipping and the optimizer step (ZeRO stages 1-3)."""
         cfg = self.cfg
         stage = f"zero_optimization stage {cfg.optim.zero_stage}"
-        if cfg.precision.precision == "fp16":
+        if self.precision == "fp16":
             raise UserError(f"{stage} runs fp32 or bf16 here; fp16 loss scaling under ZeRO is not supported")
         engine, self.zero_groups = zero.initialize(self.model, self.optimizer, cfg.optim, cfg.train)
         return engine
@@ -133,7 +162,7 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for j in range(gas):
             tokens = get_batch(self.train_data, first + j * micro, micro, self.device)
-            loss = lm_loss(self.engine, tokens, self.device, self.cfg.precision.precision,
+            loss = lm_loss(self.engine, tokens, self.device, self.precision,
                            self.cfg.model.cross_entropy_loss_fusion)
             self.engine.backward(loss)  # scaled by 1/gas inside; reduces at the accumulation boundary
             self.engine.step()  # steps (and clips) only at the boundary
@@ -142,7 +171,7 @@ class Trainer:
 
     def train_step(self) -> dict:
         """One optimizer step over gradient_accumulation_steps micro batches."""
-        t, precision = self.cfg.train, self.cfg.precision.precision
+        t, precision = self.cfg.train, self.precision
         lr = self.schedule(self.state.iteration + 1)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -211,7 +240,7 @@ class Trainer:
         micro, dp = t.train_micro_batch_size_per_gpu, self.par.dp_size
         starts = range(0, t.eval_iters * t.train_batch_size, micro)[self.par.dp_rank::dp]  # equal share per dp rank
         losses = [lm_loss(self.forward_model, get_batch(self.valid_data, start, micro, self.device), self.device,
-                          self.cfg.precision.precision) for start in starts]
+                          self.precision) for start in starts]
         loss = dp_mean(torch.stack(losses).mean(), self.par).item()
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
 
@@ -238,54 +267,53 @@ class Trainer:
                                        value, record["iteration"])
 
     def train(self) -> dict:
-        """Run to train_iters (or exit_interval); returns the last validation metrics."""
+        """Run to train_iters (or its train-time-budget plan, or exit_interval); returns the last validation metrics."""
         cfg, t = self.cfg, self.cfg.train
-        say = tqdm.write if self.is_main else (lambda *a, **k: None)
-        say(
+        self.say(
             f"model: {self.num_params / 1e6:.2f}M parameters, {cfg.model.num_layers} layers x "
             f"{cfg.model.hidden_size} hidden x {cfg.model.num_attention_heads} heads, vocab "
-            f"{cfg.model.padded_vocab_size}; {cfg.precision.precision} on {self.device}; global batch "
+            f"{cfg.model.padded_vocab_size}; {self.precision} on {self.device}; global batch "
             f"{t.train_batch_size} x {cfg.model.seq_length} tokens; MFU vs {self.throughput.peak:.2f} TFLOP/s "
             f"({self.peak_source}); {self.par.world_size} process(es): tensor parallel {self.par.tp_size} x data "
             f"parallel {self.par.dp_size}"
         )
-        bar = tqdm(total=t.train_iters, initial=self.state.iteration, desc="train", unit="it",
+        bar = tqdm(total=self.train_iters, initial=self.state.iteration, desc="train", unit="it",
                    dynamic_ncols=True, disable=None if self.is_main else True)
         last_eval, started, first_iter = {}, time.perf_counter(), self.state.iteration
         self.throughput.report()  # start the clock here, not at construction
-        while self.state.iteration < t.train_iters:
+        while self.state.iteration < self.train_iters:
             step = self.train_step()
             it = self.state.iteration
             bar.update(1)
             record = {"iteration": it, **step}
-            if it % cfg.log.log_interval == 0 or it == t.train_iters:
+            if it % cfg.log.log_interval == 0 or it == self.train_iters:
                 record.update(self.throughput.report())
-                eta = (time.perf_counter() - started) / (it - first_iter) * (t.train_iters - it)
-                say(
-                    f"iter {it}/{t.train_iters} | loss {step['loss']:.4f} | lr {step['lr']:.3e} | "
+                eta = (time.perf_counter() - started) / (it - first_iter) * (self.train_iters - it)
+                self.say(
+                    f"iter {it}/{self.train_iters} | loss {step['loss']:.4f} | lr {step['lr']:.3e} | "
                     f"grad norm {step['grad_norm']:.3f} | loss scale {step['loss_scale']:g} | "
                     f"tokens/s {record['tokens_per_s']:.0f} | MFU {100 * record['mfu']:.2f}% | "
                     f"skipped {self.state.skipped_iters} | ETA {eta:.0f}s"
                 )
-            if it % t.eval_interval == 0 or it == t.train_iters:
+            if it % t.eval_interval == 0 or it == self.train_iters:
                 last_eval = self.evaluate()
                 record.update(last_eval)
                 if last_eval:
-                    say(f"validation at iter {it} | loss {last_eval['val_loss']:.4f} | "
-                        f"perplexity {last_eval['val_ppl']:.3f}")
+                    self.say(f"validation at iter {it} | loss {last_eval['val_loss']:.4f} | "
+                             f"perplexity {last_eval['val_ppl']:.3f}")
             self.log(record)
             if t.save_interval and it % t.save_interval == 0:
                 self.save()
-            if t.exit_interval and it % t.exit_interval == 0 and it < t.train_iters:
-                say(f"exit-interval {t.exit_interval} reached at iteration {it}")
+            if t.exit_interval and it % t.exit_interval == 0 and it < self.train_iters:
+                self.say(f"exit-interval {t.exit_interval} reached at iteration {it}")
                 break
         bar.close()
         self.save()
         if not last_eval:
             last_eval = self.evaluate()
         if last_eval:
-            say(f"final validation loss {last_eval['val_loss']:.4f} | perplexity {last_eval['val_ppl']:.3f} "
-                f"| {time.perf_counter() - started:.0f}s")
+            self.say(f"final validation loss {last_eval['val_loss']:.4f} | perplexity {last_eval['val_ppl']:.3f} "
+                     f"| {time.perf_counter() - started:.0f}s")
         if self.tb:
             self.tb.close()
         return last_eval

@@ -31,7 +31,7 @@ def test_memory_estimate_shrinks_with_tensor_parallel_and_zero(tmp_path):
     for world, tp, stage in ((1, 1, 0), (2, 2, 0), (2, 1, 1), (2, 1, 2), (2, 1, 3)):
         cfg = load_config([str(path)], ["--model-parallel-size", str(tp), "--zero-optimization", f"{{stage: {stage}}}"],
                           env={"WORLD_SIZE": str(world)})
-        parts[(tp, stage)] = estimate_training_bytes(cfg, 1_000_000)
+        parts[(tp, stage)] = estimate_training_bytes(cfg, 1_000_000, "bf16")
     base = parts[(1, 0)]
     assert parts[(2, 0)]["weights"] == base["weights"] / 2 and parts[(2, 0)]["activations"] < base["activations"]
     assert parts[(1, 1)]["optimizer"] == base["optimizer"] / 2 and parts[(1, 1)]["gradients"] == base["gradients"]

@@ -76,6 +76,7 @@ def test_checkpoints_load_at_another_tensor_parallel_size(runs):
     assert weights(root / "tp1_tp2")[1] == 2
 
 
+@pytest.mark.slow  # 4 runs; loading across tp sizes itself is in the default suite (the test above)
 def test_checkpoint_padded_vocab_survives_a_tensor_parallel_size_change(micro_config, small_corpus, tmp_path):
     """A ~1100-token vocabulary pads to 1152 rows at tp=1 but 1280 at tp=2 (multiples of 128 x tp): a checkpoint
     loads at the other tp size with the row count it was trained with, both ways (the 1024-token test

