@@ -7,11 +7,12 @@ Tasks (`eval-tasks`):
   humaneval   pass@k of sampled (or given, `humaneval-samples-file`) completions, executed in a sandbox.
 """
 
+import math
 import os
 import sys
 import tempfile
 
-from megatron_lite.config_loader import load_config_from_argv
+from megatron_lite.config_loader import load_config_from_argv, wants_help
 from megatron_lite.errors import UserError, exit_on_user_error
 
 TASKS = ("perplexity", "humaneval")
@@ -32,8 +33,14 @@ def split_perplexity(cfg, model, device, amp):
         raise UserError(f"split '{cfg.data.split}' gives the {cfg.eval.eval_split} split no documents (key 'split')")
     result = perplexity(model, dataset, cfg.train.train_micro_batch_size_per_gpu, device, amp)
     result["unigram_entropy"] = unigram_entropy(dataset)
+    unigram = result["unigram_entropy"]
     print(f"{cfg.eval.eval_split} perplexity {result['perplexity']:.3f} (loss {result['loss']:.4f} nats/token "
-          f"over {result['tokens']} tokens; a unigram model of this split scores {result['unigram_entropy']:.4f})")
+          f"over {result['tokens']} tokens; a unigram model of this split: perplexity {math.exp(unigram):.3f}, "
+          f"loss {unigram:.4f})")
+    if cfg.eval.eval_results_prefix:
+        from megatron_lite.evaluation.report import write_json
+
+        print(f"wrote {write_json(f'{cfg.eval.eval_results_prefix}_perplexity.json', {cfg.eval.eval_split: result})}")
     return {cfg.eval.eval_split: result}
 
 
@@ -143,6 +150,9 @@ def humaneval(cfg, plan, model, tokenizer):
 
 @exit_on_user_error
 def main(argv):
+    if wants_help(argv):
+        print(__doc__.strip() + "\n\nEvery config key, its default and meaning: ./deepy.py --help-keys [SECTION]")
+        return
     cfg = load_config_from_argv(argv)
     from megatron_lite.parallel import state as parallel_state
 
@@ -189,9 +199,9 @@ def evaluate(cfg) -> dict:
     if "humaneval" in cfg.eval.eval_tasks and rank == 0:  # generation and execution run on one rank
         results.update(humaneval(cfg, coding, model, tokenizer))
     if cfg.eval.eval_results_prefix and rank == 0:
-        from megatron_lite.evaluation.report import write_json
+        from megatron_lite.evaluation.report import merge_into_json
 
-        write_json(f"{cfg.eval.eval_results_prefix}_results.json", results)
+        merge_into_json(f"{cfg.eval.eval_results_prefix}_results.json", results)  # keeps earlier tasks' results
     return results
 
 

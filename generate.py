@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from megatron_lite.config_loader import load_config_from_argv
+from megatron_lite.config_loader import load_config_from_argv, wants_help
 from megatron_lite.errors import UserError, exit_on_user_error
 
 
@@ -56,6 +56,9 @@ def write_samples(path: str, completions: list) -> None:
 
 @exit_on_user_error
 def main(argv):
+    if wants_help(argv):
+        print(__doc__.strip() + "\n\nEvery config key, its default and meaning: ./deepy.py --help-keys [SECTION]")
+        return
     cfg = load_config_from_argv(argv)
     from megatron_lite.parallel import state as parallel_state
 
@@ -69,7 +72,7 @@ def generate(cfg) -> None:
     """Generate in the configured mode; rank 0 prints and writes the samples."""
     from megatron_lite.build import load_trained_model
     from megatron_lite.generation.engine import TextGenerator
-    from megatron_lite.generation.interactive import run_interactive
+    from megatron_lite.generation.interactive import run_interactive, unescape
     from megatron_lite.parallel import state as parallel_state
 
     g = cfg.generate
@@ -81,7 +84,7 @@ def generate(cfg) -> None:
     say = print if parallel_state.get().rank == 0 else (lambda *args: None)
     completions = []
     if g.prompt is not None:
-        completions = generator.complete(g.prompt)
+        completions = generator.complete(unescape(g.prompt))  # \n and \t as in interactive mode
         for c in completions:
             say(c.context + c.text)
     elif g.text_gen_type == "unconditional":

@@ -4,7 +4,6 @@ import os
 from typing import Optional
 
 import torch
-import yaml
 
 from megatron_lite.config import Config, pad_vocab_size
 from megatron_lite.data.tokenizer import build_tokenizer
@@ -19,7 +18,7 @@ def checkpoint_padded_vocab_size(load: str, tp_size: int) -> Optional[int]:
     """The padded vocabulary size in the config.yml of our checkpoint that `load` names (a save directory or
     global_stepN), or None when there is none yet. Padding depends on the tp size the checkpoint was trained
     at (50257 tokens: 50304 rows at tp=1, 50432 at tp=2), so loading at another tp size must keep it."""
-    from megatron_lite.training.checkpoint import latest_checkpoint
+    from megatron_lite.training.checkpoint import latest_checkpoint, saved_config
 
     if os.path.isfile(os.path.join(load, "trainer_state.json")):
         ckpt = load
@@ -27,11 +26,7 @@ def checkpoint_padded_vocab_size(load: str, tp_size: int) -> Optional[int]:
         ckpt = latest_checkpoint(load)
     else:
         ckpt = None
-    path = os.path.join(ckpt, "config.yml") if ckpt else None
-    if not path or not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        saved = (yaml.safe_load(f) or {}).get("padded_vocab_size")
+    saved = saved_config(ckpt).get("padded_vocab_size") if ckpt else None
     if saved is None:
         return None
     if saved % tp_size:

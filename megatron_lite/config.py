@@ -4,7 +4,7 @@ Each field is one config key (GPT-NeoX spelling with underscores; dashes are acc
 Each subsystem receives its own section, never the whole Config.
 """
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import List, Optional
 
 
@@ -222,6 +222,18 @@ class Config:
             for f in fields(section):
                 out[f.name] = getattr(section, f.name)
         return out
+
+
+def describe_keys(section: Optional[str] = None) -> str:
+    """Every key of one section (or all) with its default and one-line description: `deepy.py --help-keys`."""
+    lines = []
+    for name, cls in SECTIONS.items():
+        if section in (None, name):
+            lines.append(f"[{name}]")
+            for f in fields(cls):
+                default = f.default_factory() if f.default_factory is not MISSING else f.default
+                lines.append(f"  {f.name.replace('_', '-')} (default {default!r}): {f.metadata['doc']}")
+    return "\n".join(lines)
 
 
 def pad_vocab_size(vocab_size: int, divisible_by: int, model_parallel_size: int = 1) -> int:

@@ -6,6 +6,7 @@ and the file it came from.
 """
 
 import difflib
+import importlib.util
 import os
 import re
 import typing
@@ -40,6 +41,8 @@ OPTIMIZER_TYPES = {"adam": "Adam", "adamw": "AdamW"}
 OPTIMIZER_PARAMS = {"lr": "lr", "betas": "betas", "eps": "eps", "weight_decay": "weight_decay"}
 FP16_PARAMS = ("loss_scale", "initial_scale_power", "loss_scale_window", "hysteresis", "min_loss_scale")
 NESTED_KEYS = ("optimizer", "fp16", "bf16", "zero_optimization")
+
+DEEPSPEED_INSTALL = "pip install deepspeed==0.19.8 (the version the 'deepspeed' extra pins)"
 
 # Derived fields: computed here, never taken from a file.
 DERIVED = {"world_size", "data_parallel_size"}
@@ -371,6 +374,12 @@ def _derive_and_validate(cfg, raw, env):
         raise UserError(f"{where('gradient_clipping')}: must be >= 0, got {o.gradient_clipping}")
     if o.lr_decay_iters is None:
         o.lr_decay_iters = t.train_iters
+    if o.zero_stage > 0 and p.data_parallel_size > 1:  # refused here, before deepy.py starts any process
+        if cfg.precision.precision == "fp16":
+            raise UserError(f"{where('zero_optimization')}: ZeRO runs in fp32 or bf16 here; fp16 loss scaling under "
+                            "ZeRO is not supported (use precision bf16, or auto)")
+        if importlib.util.find_spec("deepspeed") is None:
+            raise UserError(f"{where('zero_optimization')}: stage {o.zero_stage} needs DeepSpeed: {DEEPSPEED_INSTALL}")
     if o.zero_stage > 0 and p.data_parallel_size == 1:
         warn_once(
             f"zero_optimization stage {o.zero_stage} shards optimizer state across data-parallel ranks; "
@@ -439,11 +448,23 @@ def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(flat, sort_keys=False)
 
 
+def wants_help(argv) -> bool:
+    return any(arg in ("-h", "--help") for arg in argv)
+
+
 def split_argv(argv):
-    """['a.yml', 'b.yml', '--lr', '1e-3'] -> (['a.yml', 'b.yml'], ['--lr', '1e-3'])."""
+    """['a.yml', 'b.yml', '--lr', '1e-3'] -> (['a.yml', 'b.yml'], ['--lr', '1e-3']); a leading `-d DIR` (GPT-NeoX's
+    --conf_dir) names the directory the config files are in."""
     argv = list(argv)
+    conf_dir = None
+    if argv[:1] and argv[0] in ("-d", "--conf_dir", "--conf-dir"):
+        if len(argv) < 2 or not os.path.isdir(argv[1]):
+            raise UserError(f"{argv[0]} needs an existing directory of config files, got {argv[1:2] or 'nothing'}")
+        conf_dir, argv = argv[1], argv[2:]
     first_flag = next((i for i, a in enumerate(argv) if a.startswith("--")), len(argv))
     paths, overrides = argv[:first_flag], argv[first_flag:]
+    if conf_dir:
+        paths = [os.path.join(conf_dir, path) for path in paths]
     for path in paths:
         if not path.endswith((".yml", ".yaml", ".json")):
             raise UserError(f"expected config files (.yml, .yaml or .json) before any --key value, got {path!r}")

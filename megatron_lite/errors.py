@@ -1,5 +1,7 @@
 """The one exception type for user mistakes: entry points print it as one line and exit non-zero."""
 
+import contextlib
+import os
 import sys
 
 
@@ -26,13 +28,23 @@ def exit_on_user_error(main):
 
 
 _warned = set()
+_quiet = False
+
+
+@contextlib.contextmanager
+def warnings_silenced():
+    """Drop warnings inside the block: deepy.py checks the config that the script loads (and warns about) again."""
+    global _quiet
+    _quiet = True
+    try:
+        yield
+    finally:
+        _quiet = False
 
 
 def warn_once(message: str) -> None:
     """Print `warning: ...` to stderr, once per distinct message (only rank 0 speaks)."""
-    import os
-
-    if message in _warned or int(os.environ.get("RANK", "0")) != 0:
+    if _quiet or message in _warned or int(os.environ.get("RANK", "0")) != 0:
         return
     _warned.add(message)
     print(f"warning: {message}", file=sys.stderr, flush=True)

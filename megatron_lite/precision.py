@@ -32,34 +32,54 @@ class Precision:
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_matmul_tflops(name: str) -> float:
-    """Median TFLOP/s of a square matmul in `name` on this CPU, at the current thread count.
-
-    The size doubles from 128 until one product takes a few milliseconds (at most 1024), so an emulated
-    format costs a fraction of a second and a fast one is timed on a size big enough to reach its peak."""
+def _operands(name: str, clock) -> tuple:
+    """Two square matrices in `name`, doubled from 128 until one product takes a few milliseconds on `clock` (at
+    most 1024): an emulated format costs a fraction of a second, a fast one is timed where it reaches its peak."""
     gen = torch.Generator().manual_seed(0)  # private generator: must not disturb the training RNG stream
     size = 128
     while True:
         a = torch.randn(size, size, generator=gen).to(DTYPES[name])
         b = torch.randn(size, size, generator=gen).to(DTYPES[name])
         a @ b  # warm-up: first-call dispatch and packing
-        seconds = _time_matmul(a, b)
-        if seconds > 4e-3 or size >= 1024:
-            break
+        if min(_seconds(a, b, clock) for _ in range(3)) > 4e-3 or size >= 1024:
+            return a, b
         size *= 2
-    median = statistics.median(_time_matmul(a, b) for _ in range(7))
-    return 2 * size**3 / median / 1e12
 
 
-def _time_matmul(a: torch.Tensor, b: torch.Tensor) -> float:
-    start = time.perf_counter()
+def _seconds(a: torch.Tensor, b: torch.Tensor, clock) -> float:
+    start = clock()
     a @ b
-    return time.perf_counter() - start
+    return clock() - start
 
 
+def _tflops(a: torch.Tensor, seconds: float) -> float:
+    return 2 * a.shape[0] ** 3 / max(seconds, 1e-9) / 1e12
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_matmul_tflops(name: str) -> float:
+    """Median TFLOP/s of a square matmul in `name` on this CPU, at the current thread count: MFU's CPU peak."""
+    a, b = _operands(name, time.perf_counter)
+    return _tflops(a, statistics.median(_seconds(a, b, time.perf_counter) for _ in range(7)))
+
+
+@functools.lru_cache(maxsize=None)
 def cpu_speedup(name: str) -> float:
-    """How many times faster this CPU multiplies matrices in `name` than in fp32 (< 1: emulated)."""
-    return cpu_matmul_tflops(name) / cpu_matmul_tflops("fp32")
+    """How many times faster one core multiplies matrices in `name` than in fp32 (< 1: emulated).
+
+    Timed on one thread in CPU seconds, the formats in alternation: other processes on a shared machine then
+    change neither number (with several threads, a product waits for its slowest thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        (a, b), (a32, b32) = _operands(name, time.process_time), _operands("fp32", time.process_time)
+        seconds, seconds32 = [], []
+        for _ in range(5):
+            seconds.append(_seconds(a, b, time.process_time))
+            seconds32.append(_seconds(a32, b32, time.process_time))
+    finally:
+        torch.set_num_threads(threads)
+    return _tflops(a, statistics.median(seconds)) / _tflops(a32, statistics.median(seconds32))
 
 
 def resolve_precision(requested: str, device: torch.device) -> Precision:
@@ -86,8 +106,7 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
     if speedup < 1.0:
         warn_once(
             f"precision {requested} (key 'precision' or '{requested}.enabled'): this CPU computes {requested} matmuls "
-            f"{1 / speedup:.0f}x slower than fp32 (measured {1e3 * cpu_matmul_tflops(requested):.1f} vs "
-            f"{1e3 * cpu_matmul_tflops('fp32'):.1f} GFLOP/s: emulated, not native); training will be that much "
+            f"{1 / speedup:.0f}x slower than fp32 (measured: emulated, not native); training will be that much "
             "slower. 'precision: auto' chooses fp32 here")
     return Precision(requested, f"set by the config; this CPU's {requested} matmul measured {speedup:.2g}x fp32")
 

@@ -1,5 +1,6 @@
 """The source files a per-language perplexity run scores (no torch here: inputs are checked before it loads)."""
 
+import collections
 import os
 from typing import List, Optional, Tuple
 
@@ -11,7 +12,7 @@ def find_eval_files(data_dir: Optional[str], files: List[str], languages: List[s
     """(path, language) of every file to score, sorted: a tree with one folder per language, or a list.
 
     In a tree, files whose extension names none of `languages` are left out (and counted in the output)."""
-    found, ignored = [], 0
+    found, ignored = [], collections.Counter()  # extension -> files left out
     if data_dir:
         if not os.path.isdir(data_dir):
             raise UserError(f"eval-data-dir: {data_dir} is not a directory")
@@ -22,7 +23,7 @@ def find_eval_files(data_dir: Optional[str], files: List[str], languages: List[s
                 if language in languages:
                     found.append((os.path.join(root, name), language))
                 else:
-                    ignored += 1
+                    ignored[os.path.splitext(name)[1] or name] += 1
     for path in files:
         language = language_of(path)
         if not os.path.isfile(path):
@@ -33,5 +34,7 @@ def find_eval_files(data_dir: Optional[str], files: List[str], languages: List[s
     if not found:
         raise UserError(f"no files of {', '.join(languages)} to score in eval-data-dir {data_dir!r} / eval-files")
     if ignored:
-        print(f"perplexity: {ignored} files in {data_dir} are not in eval-languages and are not scored")
+        kinds = ", ".join(f"{count} {ext}" for ext, count in ignored.most_common())
+        print(f"perplexity: {sum(ignored.values())} files in {data_dir} are not in eval-languages and are not "
+              f"scored ({kinds})")
     return found

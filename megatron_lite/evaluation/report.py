@@ -35,6 +35,18 @@ def write_json(path: str, data) -> str:
     return atomic_write(path, write)
 
 
+def merge_into_json(path: str, results: dict) -> str:
+    """Update a results file with this run's tasks, keeping the other tasks an earlier run wrote there."""
+    merged = {}
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                merged = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            merged = {}
+    return write_json(path, {**(merged if isinstance(merged, dict) else {}), **results})
+
+
 def markdown_table(summary: Dict[str, dict]) -> str:
     """Per-language perplexity as a markdown table (the overall row last)."""
     lines = ["| language | files | tokens | bytes | perplexity | bits/byte |", "|---|---:|---:|---:|---:|---:|"]

@@ -29,8 +29,8 @@ def unescape(text: str) -> str:
     return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
-def apply_command(command: str, cfg, out) -> bool:
-    """Run one /command against the generate config section; returns False for /exit."""
+def apply_command(command: str, cfg, out, max_len: int) -> bool:
+    """Run one /command against the generate config section; returns False for /exit. max_len: the context."""
     name, _, value = command[1:].strip().partition(" ")
     if name in ("exit", "quit"):
         return False
@@ -46,6 +46,9 @@ def apply_command(command: str, cfg, out) -> bool:
             return True
         setattr(cfg, "maximum_tokens" if name == "length" else name, parsed)
         print(f"{name} = {parsed}", file=out)
+        if name == "length" and parsed >= max_len:
+            print(f"note: the model's context is {max_len} tokens (max-position-embeddings); a sample stops where "
+                  "prompt and sample fill it", file=out)
     else:
         print(f"unknown command /{name}; /help lists them", file=out)
     return True
@@ -65,7 +68,7 @@ def run_interactive(generator, read_line=input, out=sys.stdout) -> list:
             if prompt is None:
                 break
             if prompt.startswith("/"):
-                if not apply_command(prompt, generator.cfg, out):
+                if not apply_command(prompt, generator.cfg, out, generator.max_len):
                     break
                 continue
             prompt = unescape(prompt)

@@ -4,7 +4,7 @@ Our model and torch AdamW go in as DeepSpeed's client model and optimizer (no De
 Adam); DeepSpeed partitions the optimizer state (1), gradients (2) and parameters (3) over data-parallel ranks,
 reduces gradients, clips and steps; with tensor parallelism it gets our process groups. Checkpoints hold the
 optimizer state gathered into torch AdamW's per-parameter layout (no DeepSpeed pickles), so a ZeRO run
-resumes exactly, or continues without ZeRO. DeepSpeed is an optional extra: `pip install -e .[deepspeed]`.
+resumes exactly, or continues without ZeRO. DeepSpeed is an optional extra (`pip install deepspeed==0.19.8`).
 """
 
 import contextlib
@@ -12,6 +12,7 @@ import contextlib
 import torch
 
 from megatron_lite.config import OptimConfig, TrainConfig
+from megatron_lite.config_loader import DEEPSPEED_INSTALL
 from megatron_lite.errors import UserError
 from megatron_lite.parallel import state as parallel_state
 
@@ -39,8 +40,7 @@ def initialize(model: torch.nn.Module, optimizer, optim: OptimConfig, train: Tra
     try:
         import deepspeed
     except ImportError:
-        raise UserError(f"zero_optimization stage {optim.zero_stage} needs DeepSpeed: "
-                        "pip install -e '.[deepspeed]'") from None
+        raise UserError(f"zero_optimization stage {optim.zero_stage} needs DeepSpeed: {DEEPSPEED_INSTALL}") from None
     groups = [list(g["params"]) for g in optimizer.param_groups]  # DeepSpeed replaces them with flat partitions
     loaded = {p: optimizer.state.pop(p) for params in groups for p in params if p in optimizer.state}
     par = parallel_state.get()

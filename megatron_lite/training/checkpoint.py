@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from megatron_lite.errors import UserError, warn_once
@@ -200,6 +201,15 @@ def resolve_checkpoint(path: str) -> str:
     if found is None:
         raise UserError(f"no checkpoint found at '{path}' (key 'load'): expected a directory with a 'latest' file")
     return found
+
+
+def saved_config(ckpt: str) -> dict:
+    """The flat resolved config a checkpoint directory was saved with ({} when it has none)."""
+    path = os.path.join(ckpt, "config.yml")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
 
 
 def _load_tensors(path: str) -> dict:

@@ -11,13 +11,14 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 from tqdm import tqdm
 
 from megatron_lite.build import build_tokenizer_for, default_device
 from megatron_lite.config import Config
 from megatron_lite.config_loader import dump_config
 from megatron_lite.data.blended_dataset import check_token_ids, datasets_from_config
-from megatron_lite.errors import UserError
+from megatron_lite.errors import UserError, warn_once
 from megatron_lite.model.gpt import GPTModel, count_parameters, flops_per_token
 from megatron_lite.parallel import state as parallel_state
 from megatron_lite.parallel import zero
@@ -25,13 +26,18 @@ from megatron_lite.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megatron_lite.parallel.data_parallel import GradReducer
 from megatron_lite.parallel.random import TRACKER
 from megatron_lite.precision import autocast, resolve_precision
-from megatron_lite.training.checkpoint import TrainerState, load_checkpoint, save_checkpoint
+from megatron_lite.training.checkpoint import (TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint,
+                                               saved_config)
 from megatron_lite.training.loss_scaler import LossScaler
 from megatron_lite.training.lr_schedule import LRSchedule
 from megatron_lite.training.memory import check_fits
 from megatron_lite.training.metrics import Throughput, peak_tflops
 from megatron_lite.training.optim import build_optimizer, clip_grad_norm
 from megatron_lite.training.time_budget import planned_iterations, seconds_per_step
+
+# Keys whose change on resume re-shapes the learning-rate schedule mid-run.
+SCHEDULE_KEYS = {"train_iters", "lr", "min_lr", "lr_decay_style", "lr_decay_iters", "warmup", "warmup_iters",
+                 "train_time_budget"}
 
 
 def seed_everything(seed: int) -> None:
@@ -104,6 +110,8 @@ class Trainer:
             self.state = load_checkpoint(t.load, self.model, self.optimizer, self.par, weights_only=t.finetune)
             if self.state.loss_scaler:
                 self.scaler.load_state_dict(self.state.loss_scaler)
+            if self.state.iteration:
+                self._report_resume(latest_checkpoint(t.load))
         self.engine = self._zero_engine() if use_zero else None
         if step_s is not None:
             self._plan_length(step_s)
@@ -146,12 +154,19 @@ class Trainer:
                  f"trains {self.state.planned_iters} of train-iters {t.train_iters} iterations (lr schedule scaled "
                  "to match)")
 
+    def _report_resume(self, ckpt: str) -> None:
+        """One line naming where the run continues from, and one warning per config key that changed since."""
+        self.say(f"resumed from {ckpt}: iteration {self.state.iteration}, "
+                 f"{self.state.consumed_train_samples} samples consumed")
+        saved, now = saved_config(ckpt), yaml.safe_load(dump_config(self.cfg))
+        for key in sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k)):
+            effect = "; the lr schedule changes from here" if key in SCHEDULE_KEYS else ""
+            warn_once(f"config key '{key.replace('_', '-')}' is {now.get(key)!r} now but was {saved.get(key)!r} "
+                      f"when {ckpt} was saved{effect}")
+
     def _zero_engine(self):
         """DeepSpeed takes over gradient reduction, clipping and the optimizer step (ZeRO stages 1-3)."""
-        cfg = self.cfg
-        stage = f"zero_optimization stage {cfg.optim.zero_stage}"
-        if self.precision == "fp16":
-            raise UserError(f"{stage} runs fp32 or bf16 here; fp16 loss scaling under ZeRO is not supported")
+        cfg = self.cfg  # the config loader refused fp16 under ZeRO
         engine, self.zero_groups = zero.initialize(self.model, self.optimizer, cfg.optim, cfg.train)
         return engine
 

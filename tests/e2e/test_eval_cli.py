@@ -58,7 +58,7 @@ def test_perplexity_per_language_on_one_and_two_ranks(tmp_path, trained):
             "--eval-stride", "24", "--eval-batch-size", "8"]
     out = run_tool("deepy.py", "eval.py", *args, "--eval-results-prefix", str(tmp_path / "one" / "run")).stdout
     assert "| Python | 3 |" in out and "| C | 2 |" in out and "| Go | 1 |" in out
-    assert "1 files in" in out and "overall perplexity" in out
+    assert "1 files in" in out and "not scored (1 .txt)" in out and "overall perplexity" in out
     one = json.load(open(tmp_path / "one" / "run_perplexity.json"))
     assert sorted(os.listdir(tmp_path / "one")) == ["run_perplexity.json", "run_perplexity.md", "run_perplexity.png",
                                                     "run_results.json"]
@@ -97,6 +97,21 @@ def test_humaneval_of_given_completions(tmp_path):
     assert cached == 16
     assert run_tool(*args).stdout == out  # the rerun takes every verdict from the cache
     assert len(open(f"{prefix}_humaneval_cache.jsonl").read().splitlines()) == cached
+
+
+def test_each_task_writes_its_file_and_the_results_file_keeps_earlier_tasks(tmp_path, trained):
+    config, ckpt = trained
+    prefix = str(tmp_path / "run")
+    out = run_tool("deepy.py", "eval.py", config, "--load", ckpt, "--eval-split", "valid",
+                   "--eval-results-prefix", prefix).stdout
+    assert re.search(r"a unigram model of this split: perplexity [0-9.]+, loss [0-9.]+\)", out), out
+    assert set(json.load(open(f"{prefix}_perplexity.json"))) == {"valid"}
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": p["task_id"], "completion": p["canonical_solution"]}) + "\n"
+                               for p in load_problems()[:2]))
+    run_tool("eval.py", config, "--eval-tasks", "humaneval", "--humaneval-samples-file", str(samples),
+             "--humaneval-limit", "2", "--eval-results-prefix", prefix)
+    assert set(json.load(open(f"{prefix}_results.json"))) == {"valid", "humaneval"}  # perplexity is still there
 
 
 def test_humaneval_sampling_from_a_trained_model_resumes(tmp_path, trained):

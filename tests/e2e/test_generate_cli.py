@@ -191,3 +191,12 @@ def test_two_tensor_parallel_ranks_generate_what_one_process_does(checkpoint, tm
     one = [json.loads(line)["text"] for line in open(tmp_path / "one.jsonl")]
     two = [json.loads(line)["text"] for line in open(tmp_path / "two.jsonl")]
     assert one == two and len(one) == 2
+
+
+def test_prompt_on_the_command_line_takes_escapes_as_interactive_mode_does(checkpoint, tmp_path):
+    """The PolyCoder README writes prompts as "def f():\\n    return": \\n and \\t are a newline and a tab."""
+    cfg, _ = checkpoint
+    out = tmp_path / "prompt.jsonl"
+    run_tool("deepy.py", "generate.py", cfg, "--prompt", "def f():\\n\\treturn", "--maximum-tokens", "4",
+             "--sample-output-file", str(out))
+    assert [json.loads(line)["context"] for line in open(out)] == ["def f():\n\treturn"]

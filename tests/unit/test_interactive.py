@@ -11,7 +11,7 @@ class FakeGenerator:
     """Streams the prompt upper-cased; the prompt 'slow' is interrupted (Ctrl-C) after streaming a little."""
 
     def __init__(self):
-        self.cfg = GenerateConfig()
+        self.cfg, self.max_len = GenerateConfig(), 128
 
     def complete(self, prompt, num_samples, on_text=None):
         if prompt == "slow":
@@ -39,14 +39,15 @@ def test_commands_prompts_and_ctrl_c_while_typing_or_generating():
     generator, out = FakeGenerator(), io.StringIO()
     samples = run_interactive(generator, typed(
         "/temperature 0.5", "/top_p x", "/top_p 0.9", "def f(a,", "  b):", "",
-        "slow", "", "half typed", KeyboardInterrupt, "x\\ny", "", "/settings"), out)
+        "slow", "", "half typed", KeyboardInterrupt, "x\\ny", "", "/length 1000", "/settings"), out)
     assert [(p, c.text) for p, c in samples] == [("def f(a,\n  b):", "DEF F(A,\n  B):"), ("x\ny", "X\nY")]
     assert (generator.cfg.temperature, generator.cfg.top_p) == (0.5, 0.9)
     screen = out.getvalue()
     assert "temperature = 0.5\n/top_p needs a float, got 'x'\ntop_p = 0.9\n" in screen
     assert "DEF F(A,\n  B):\n[3 tokens, 0.50s]\n" in screen  # streamed text, then the summary line
     assert "partial\n(generation cancelled)\n" in screen and "\n(prompt cleared)\n" in screen
-    assert screen.endswith("temperature 0.5  top_p 0.9  top_k 0  length 64\n")
+    assert "length = 1000\nnote: the model's context is 128 tokens" in screen  # not a silent stop at the context
+    assert screen.endswith("temperature 0.5  top_p 0.9  top_k 0  length 1000\n")
 
 
 class InterruptedSummary(io.StringIO):

@@ -19,6 +19,7 @@ def cpu_speeds(monkeypatch):
     speeds = {"fp32": 100.0}
     for module in (precision, metrics):
         monkeypatch.setattr(module, "cpu_matmul_tflops", lambda name: speeds[name] / 1e3)
+    monkeypatch.setattr(precision, "cpu_speedup", lambda name: speeds[name] / speeds["fp32"])
     return speeds
 
 
@@ -55,7 +56,7 @@ def test_explicit_bf16_on_an_emulating_cpu_trains_after_one_warning(cpu_speeds, 
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("warning: precision bf16") and "50x slower than fp32" in lines[0]
-    assert "2.0 vs 100.0 GFLOP/s" in lines[0] and "'precision: auto'" in lines[0]
+    assert "'precision: auto' chooses fp32 here" in lines[0]
 
 
 def test_explicit_fp16_on_a_cpu_is_measured_too(cpu_speeds, warnings_seen, capsys):
@@ -71,7 +72,7 @@ def test_fp32_needs_no_probe(monkeypatch):
     def probe(name):
         raise AssertionError("probed")
 
-    monkeypatch.setattr(precision, "cpu_matmul_tflops", probe)
+    monkeypatch.setattr(precision, "cpu_speedup", probe)
     assert precision.resolve_precision("fp32", CPU).name == "fp32"
 
 
@@ -88,6 +89,8 @@ def test_cpu_probe_measures_each_format_once_per_process():
     precision.cpu_matmul_tflops.cache_clear()
     fp32 = precision.cpu_matmul_tflops("fp32")
     assert fp32 > 0 and precision.cpu_matmul_tflops("fp32") == fp32  # cached: the same number
+    speedup = precision.cpu_speedup("bf16")
+    assert speedup > 0 and precision.cpu_speedup("bf16") == speedup
 
 
 def test_mfu_peak_on_cpu_is_measured_in_the_precision_used(cpu_speeds):
