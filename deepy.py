@@ -52,7 +52,7 @@ def main(argv):
     world = launcher.world_size(pcfg)
     os.environ["WORLD_SIZE"] = str(world)
     with warnings_silenced():  # the script loads the config again and warns then, once
-        load_config_from_argv(args)  # validate now, at the real world size, before any process starts
+        load_config_from_argv(args, training=os.path.basename(script) == "train.py")  # before any process starts
     if world == 1 and pcfg.launcher in ("torchrun", "pdsh"):
         os.execv(sys.executable, [sys.executable, script, *args])
     sys.exit(launcher.run_nodes(launcher.commands(pcfg, script, args)))

@@ -59,7 +59,7 @@ def main(argv):
     if wants_help(argv):
         print(__doc__.strip() + "\n\nEvery config key, its default and meaning: ./deepy.py --help-keys [SECTION]")
         return
-    cfg = load_config_from_argv(argv)
+    cfg = load_config_from_argv(argv, training=False)  # no batch keys needed
     from megatron_lite.parallel import state as parallel_state
 
     try:

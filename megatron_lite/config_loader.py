@@ -149,8 +149,9 @@ def parse_overrides(args):
     return out
 
 
-def load_config(paths, overrides=(), env=None) -> Config:
-    """Merge config files and command-line overrides into a validated Config."""
+def load_config(paths, overrides=(), env=None, training: bool = True) -> Config:
+    """Merge config files and command-line overrides into a validated Config. training=False (generation,
+    evaluation) does not ask for the batch keys: the micro batch, used as the scoring batch, defaults to 1."""
     env = os.environ if env is None else env
     raw = {}  # key -> (value, source, spelling)
     for path in paths:
@@ -165,7 +166,7 @@ def load_config(paths, overrides=(), env=None) -> Config:
     cfg = Config()
     for norm, (value, source, spelling) in raw.items():
         _apply(cfg, norm, value, source, spelling)
-    _derive_and_validate(cfg, raw, env)
+    _derive_and_validate(cfg, raw, env, training)
     return cfg
 
 
@@ -301,7 +302,7 @@ def _convert(value, annotation, where):
     return value
 
 
-def _derive_and_validate(cfg, raw, env):
+def _derive_and_validate(cfg, raw, env, training=True):
     """Cross-field checks and derived values (data-parallel size, batch arithmetic, lr decay span)."""
 
     def where(key):
@@ -360,6 +361,8 @@ def _derive_and_validate(cfg, raw, env):
         if size % p.model_parallel_size:  # tensor parallelism splits whole heads and hidden columns
             raise UserError(f"{where('model_parallel_size')}: {p.model_parallel_size} does not divide "
                             f"{key.replace('_', '-')} {size}")
+    if not training and t.train_micro_batch_size_per_gpu is None and t.train_batch_size is None:
+        t.train_micro_batch_size_per_gpu = 1
     _derive_batch(t, p.data_parallel_size, where)
 
     if o.lr <= 0:
@@ -374,7 +377,7 @@ def _derive_and_validate(cfg, raw, env):
         raise UserError(f"{where('gradient_clipping')}: must be >= 0, got {o.gradient_clipping}")
     if o.lr_decay_iters is None:
         o.lr_decay_iters = t.train_iters
-    if o.zero_stage > 0 and p.data_parallel_size > 1:  # refused here, before deepy.py starts any process
+    if training and o.zero_stage > 0 and p.data_parallel_size > 1:  # refused before deepy.py starts a process
         if cfg.precision.precision == "fp16":
             raise UserError(f"{where('zero_optimization')}: ZeRO runs in fp32 or bf16 here; fp16 loss scaling under "
                             "ZeRO is not supported (use precision bf16, or auto)")
@@ -486,7 +489,7 @@ def parallel_section(argv) -> ParallelConfig:
     return cfg.parallel
 
 
-def load_config_from_argv(argv) -> Config:
+def load_config_from_argv(argv, training: bool = True) -> Config:
     """Entry points' one-liner: config files, then overrides."""
     paths, overrides = split_argv(argv)
-    return load_config(paths, overrides)
+    return load_config(paths, overrides, training=training)

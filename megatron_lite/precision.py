@@ -100,8 +100,8 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
         speedup = cpu_speedup("bf16")
         if speedup >= CPU_SPEEDUP_NEEDED:
             return Precision("bf16", f"auto: this CPU's bf16 matmul measured {speedup:.1f}x its fp32 speed")
-        return Precision("fp32", f"auto: this CPU's bf16 matmul measured {speedup:.2g}x its fp32 speed "
-                                 "(no native bf16)")
+        emulated = " (no native bf16)" if speedup < 1.0 else f", under the {CPU_SPEEDUP_NEEDED}x that pays for casts"
+        return Precision("fp32", f"auto: this CPU's bf16 matmul measured {speedup:.2g}x its fp32 speed{emulated}")
     speedup = cpu_speedup(requested)
     if speedup < 1.0:
         warn_once(

@@ -5,13 +5,14 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_lite.data.corpus import (  # noqa: E402
     DEFAULT_EXCLUDE_DIRS, DEFAULT_MAX_FILE_BYTES, CorpusStats, check_inputs, collect, walk_source_files)
 from megatron_lite.data.filters import SECRET_MODES, FilterSettings, lexical_token_count  # noqa: E402
-from megatron_lite.data.jsonl import open_binary  # noqa: E402
+from megatron_lite.data.jsonl import open_binary, shuffle_lines  # noqa: E402
 from megatron_lite.data.languages import parse_languages  # noqa: E402
 from megatron_lite.errors import UserError, exit_on_user_error  # noqa: E402
 
@@ -25,6 +26,10 @@ def parse_args(argv):
     p.add_argument("--languages", default=None, help="comma-separated languages to keep (default: all 12)")
     p.add_argument("--majority-language", action="store_true",
                    help="keep only each repository's majority language (PolyCoder's rule)")
+    p.add_argument("--keep-order", action="store_true",
+                   help="write documents in the order found (default: shuffled with --seed, so that the contiguous "
+                        "train / valid / test splits of the documents mix repositories and languages)")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the document shuffle")
     p.add_argument("--exclude-dirs", default=",".join(DEFAULT_EXCLUDE_DIRS),
                    help="comma-separated directory names not to descend into")
     f = p.add_argument_group("filters (0 turns a numeric filter off)")
@@ -72,10 +77,10 @@ def _file_count(inputs, exclude):
     return sum(1 for p in inputs for _ in walk_source_files(p, exclude))
 
 
-def _staging_name(path: str) -> str:
+def _staging_name(path: str, tag: str = "") -> str:
     """A temporary name in the same directory that keeps the suffix (.zst decides the compression)."""
     head, tail = os.path.split(os.path.abspath(path))
-    return os.path.join(head, f".tmp-{os.getpid()}-{tail}")
+    return os.path.join(head, f".tmp-{os.getpid()}-{tag}{tail}")
 
 
 @exit_on_user_error
@@ -99,7 +104,7 @@ def main(argv=None):
         staged[args.index] = _staging_name(args.index)
     for final in staged:
         os.makedirs(os.path.dirname(os.path.abspath(final)), exist_ok=True)
-    stats = CorpusStats()
+    stats, written = CorpusStats(), Counter()  # written: documents per language
     try:
         index = open_binary(staged[args.index], "wb") if args.index else None
 
@@ -116,12 +121,19 @@ def main(argv=None):
                               args.near_dedup_threshold or None, args.majority_language, count_tokens, add_to_index)
             for record in records:
                 out.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+                written[record["language"]] += 1
                 bar.update(stats.seen - bar.n)
             bar.update(stats.seen - bar.n)
         if index is not None:
             index.close()
         if stats.kept == 0:
             raise UserError(f"no files kept from {' '.join(args.input)} ({stats.summary()}): the corpus would be empty")
+        if not args.keep_order:  # into a second staging file, which takes the first one's place
+            ordered, staged[args.output] = staged[args.output], _staging_name(args.output, "shuffled-")
+            try:
+                shuffle_lines(ordered, staged[args.output], args.seed)
+            finally:
+                os.remove(ordered)
         for final, tmp in staged.items():
             os.replace(tmp, final)
     finally:
@@ -129,6 +141,8 @@ def main(argv=None):
             if os.path.exists(tmp):
                 os.remove(tmp)
     print(f"{args.output}: {stats.summary()}")
+    print(f"documents written{' in the order found' if args.keep_order else ' (shuffled)'}: "
+          + ", ".join(f"{language} {n}" for language, n in written.most_common()))
     return stats
 
 

@@ -3,6 +3,9 @@
 import gzip
 import io
 import json
+import os
+import random
+import tempfile
 from typing import Iterator, Tuple
 
 from megatron_lite.errors import UserError
@@ -86,3 +89,23 @@ def iter_jsonl(path: str) -> Iterator[Tuple[int, dict]]:
             if not isinstance(record, dict):
                 raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
             yield lineno, record
+
+
+def shuffle_lines(src: str, dst: str, seed: int, buckets: int = 64) -> None:
+    """Write src's lines to dst in a seeded random order, holding about 1/buckets of the file in memory: each line
+    goes to a random bucket file first, then each bucket is shuffled in memory and appended."""
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(dst))) as tmp:
+        paths = [os.path.join(tmp, str(i)) for i in range(buckets)]
+        parts = [open(path, "wb") for path in paths]
+        with io.BufferedReader(open_binary(src, "rb")) as lines:
+            for line in lines:
+                parts[rng.randrange(buckets)].write(line)
+        for part in parts:
+            part.close()
+        with open_binary(dst, "wb") as out:
+            for path in paths:
+                with open(path, "rb") as f:
+                    bucket = f.readlines()
+                rng.shuffle(bucket)
+                out.writelines(bucket)

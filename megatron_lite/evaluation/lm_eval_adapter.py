@@ -98,7 +98,7 @@ def register():
             from megatron_lite.config_loader import load_config
             from megatron_lite.precision import autocast, resolve_precision
 
-            cfg = load_config(config.split("+"))
+            cfg = load_config(config.split("+"), training=False)
             if load:
                 cfg.train.load = load
             model, tokenizer, device = load_trained_model(cfg)

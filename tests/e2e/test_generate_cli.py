@@ -193,10 +193,12 @@ def test_two_tensor_parallel_ranks_generate_what_one_process_does(checkpoint, tm
     assert one == two and len(one) == 2
 
 
-def test_prompt_on_the_command_line_takes_escapes_as_interactive_mode_does(checkpoint, tmp_path):
-    """The PolyCoder README writes prompts as "def f():\\n    return": \\n and \\t are a newline and a tab."""
+def test_prompt_takes_escapes_and_generation_needs_no_training_keys(checkpoint, tmp_path):
+    """The PolyCoder README writes prompts as "def f():\\n    return": \\n and \\t are a newline and a tab. The
+    config has no batch keys (as for a converted checkpoint): generation does not need them."""
     cfg, _ = checkpoint
+    (tmp_path / "gen.yml").write_text("".join(line for line in open(cfg) if not line.startswith("train_micro")))
     out = tmp_path / "prompt.jsonl"
-    run_tool("deepy.py", "generate.py", cfg, "--prompt", "def f():\\n\\treturn", "--maximum-tokens", "4",
-             "--sample-output-file", str(out))
+    run_tool("deepy.py", "generate.py", str(tmp_path / "gen.yml"), "--prompt", "def f():\\n\\treturn",
+             "--maximum-tokens", "4", "--sample-output-file", str(out))
     assert [json.loads(line)["context"] for line in open(out)] == ["def f():\n\treturn"]

@@ -98,9 +98,10 @@ def run(*args):
 def test_tool_output_and_errors(tree, tmp_path):
     out = tmp_path / "corpus" / "c.jsonl"
     proc = run("--input", tree, "--output", str(out), "--languages", "Python,Rust", "--max-file-bytes", "1000",
-               "--min-tokens", "0")
+               "--min-tokens", "0", "--keep-order")
     assert proc.returncode == 0, proc.stderr
     assert "files seen" in proc.stdout and "duplicate 1" in proc.stdout
+    assert "documents written in the order found: " in proc.stdout
     lines = [json.loads(line) for line in open(out, encoding="utf-8")]
     assert [r["path"] for r in lines] == ["a/copy.py", "main.rs"]
     assert os.listdir(out.parent) == ["c.jsonl"]
@@ -111,3 +112,26 @@ def test_tool_output_and_errors(tree, tmp_path):
         assert proc.returncode != 0 and proc.stderr.startswith("error:"), proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
         assert not os.path.exists(tmp_path / "bad" / "x.jsonl")
+
+
+def test_documents_are_shuffled_so_that_contiguous_splits_mix_repositories(tmp_path):
+    """Collected repository by repository, an unshuffled corpus would put only the last repository's files in
+    the valid / test splits (the last documents)."""
+    for repo, ext in (("alpha", "py"), ("beta", "go"), ("gamma", "c")):
+        os.makedirs(tmp_path / "src" / repo / ".git")
+        for i in range(30):
+            (tmp_path / "src" / repo / f"f{i}.{ext}").write_text(f"value_{repo}_{i} = {i} + {i * 7} * total_{i}\n")
+    args = ["--input", str(tmp_path / "src"), "--min-tokens", "0", "--near-dedup-threshold", "0"]
+    ordered, mixed, again = (tmp_path / f"{name}.jsonl" for name in ("ordered", "mixed", "again"))
+    for out, extra in ((ordered, ["--keep-order"]), (mixed, []), (again, [])):
+        proc = run(*args, "--output", str(out), *extra)
+        assert proc.returncode == 0, proc.stderr
+    assert "documents written (shuffled): " in proc.stdout and "Python 30" in proc.stdout and "Go 30" in proc.stdout
+
+    def repositories(path):
+        return [json.loads(line)["repository"] for line in open(path)]
+
+    assert repositories(ordered)[-10:] == ["gamma"] * 10
+    assert set(repositories(mixed)[-10:]) == {"alpha", "beta", "gamma"}  # the last 10 documents: all three repos
+    assert sorted(open(mixed)) == sorted(open(ordered)) and open(mixed).read() == open(again).read()  # seeded
+    assert sorted(os.listdir(tmp_path)) == ["again.jsonl", "mixed.jsonl", "ordered.jsonl", "src"]  # no leftovers
