@@ -43,8 +43,9 @@ __device__ __forceinline__ float block_sum(float v) {
   v = warp_sum(v);
   if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = v;
   __syncthreads();
-  v = threadIdx.x < kThreads / 32 ? partial[threadIdx.x] : 0.f;
-  return warp_sum(v);
+  v = 0.f;  // every warp adds up all partials, in the same order: each thread holds the same total
+  for (int w = 0; w < kThreads / 32; ++w) v += partial[w];
+  return v;
 }
 
 // Online-softmax state (running max m, sum of exp(x - m)) merged across the block.
