@@ -39,10 +39,10 @@ def small_corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def torch_extensions_dir(tmp_path_factory):
-    """One private extensions cache per session: DeepSpeed JIT-compiles its CPU comm op (~75 s) there once, not once
-    per test (a stale lock in a shared cache once hung a run)."""
-    return os.environ.get("MEGATRON_LITE_TEST_EXT_DIR") or str(tmp_path_factory.mktemp("torch_extensions"))
+def torch_extensions_dir():
+    """This environment's own extensions cache, where `make install-test` built DeepSpeed's CPU comm op (else the
+    first ZeRO test compiles it there, ~75 s, once). Not the user-wide cache: a stale lock there once hung a run."""
+    return os.environ.get("MEGATRON_LITE_TEST_EXT_DIR") or os.path.join(sys.prefix, "torch_extensions")
 
 
 @pytest.fixture

@@ -114,6 +114,7 @@ def test_checkpoint_padded_vocab_that_tp_does_not_divide_is_a_clear_error(small_
     assert cfg.model.padded_vocab_size == 1025
 
 
+@pytest.mark.slow  # 12 processes on 2 cores; exact resume is in the default suite (e2e, and ZeRO at tp 2 x dp 2)
 def test_resume_is_exact_with_tp2_dp2_and_dropout(micro_config, tmp_path):
     """4 processes, dropout on: stopping at step 2 and resuming gives the uninterrupted run's steps 3-4 exactly
     (every rank restores its own dropout streams, tp-region one included)."""
