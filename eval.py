@@ -12,7 +12,7 @@ import os
 import sys
 import tempfile
 
-from megatron_lite.config_loader import load_config_from_argv, wants_help
+from megatron_lite.config_loader import load_config_from_argv, print_usage_if_asked
 from megatron_lite.errors import UserError, exit_on_user_error
 
 TASKS = ("perplexity", "humaneval")
@@ -32,8 +32,7 @@ def split_perplexity(cfg, model, device, amp):
     if dataset is None:
         raise UserError(f"split '{cfg.data.split}' gives the {cfg.eval.eval_split} split no documents (key 'split')")
     result = perplexity(model, dataset, cfg.train.train_micro_batch_size_per_gpu, device, amp)
-    result["unigram_entropy"] = unigram_entropy(dataset)
-    unigram = result["unigram_entropy"]
+    unigram = result["unigram_entropy"] = unigram_entropy(dataset)
     print(f"{cfg.eval.eval_split} perplexity {result['perplexity']:.3f} (loss {result['loss']:.4f} nats/token "
           f"over {result['tokens']} tokens; a unigram model of this split: perplexity {math.exp(unigram):.3f}, "
           f"loss {unigram:.4f})")
@@ -150,8 +149,7 @@ def humaneval(cfg, plan, model, tokenizer):
 
 @exit_on_user_error
 def main(argv):
-    if wants_help(argv):
-        print(__doc__.strip() + "\n\nEvery config key, its default and meaning: ./deepy.py --help-keys [SECTION]")
+    if print_usage_if_asked(argv, __doc__):
         return
     cfg = load_config_from_argv(argv, training=False)  # no batch keys needed
     from megatron_lite.parallel import state as parallel_state

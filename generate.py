@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from megatron_lite.config_loader import load_config_from_argv, wants_help
+from megatron_lite.config_loader import load_config_from_argv, print_usage_if_asked
 from megatron_lite.errors import UserError, exit_on_user_error
 
 
@@ -56,8 +56,7 @@ def write_samples(path: str, completions: list) -> None:
 
 @exit_on_user_error
 def main(argv):
-    if wants_help(argv):
-        print(__doc__.strip() + "\n\nEvery config key, its default and meaning: ./deepy.py --help-keys [SECTION]")
+    if print_usage_if_asked(argv, __doc__):
         return
     cfg = load_config_from_argv(argv, training=False)  # no batch keys needed
     from megatron_lite.parallel import state as parallel_state

@@ -3,14 +3,13 @@
 
 import sys
 
-from megatron_lite.config_loader import load_config_from_argv, wants_help
+from megatron_lite.config_loader import load_config_from_argv, print_usage_if_asked
 from megatron_lite.errors import exit_on_user_error
 
 
 @exit_on_user_error
 def main(argv):
-    if wants_help(argv):
-        print(__doc__.strip() + "\n\nEvery config key, its default and meaning: ./deepy.py --help-keys [SECTION]")
+    if print_usage_if_asked(argv, __doc__):
         return
     from megatron_lite.training.trainer import pretrain  # torch imports after the config is known good
 

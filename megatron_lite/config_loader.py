@@ -455,6 +455,13 @@ def wants_help(argv) -> bool:
     return any(arg in ("-h", "--help") for arg in argv)
 
 
+def print_usage_if_asked(argv, usage: str) -> bool:
+    """An entry script's --help (anywhere in argv): print its usage; True when it did."""
+    if wants_help(argv):
+        print(usage.strip() + "\n\nEvery config key, its default and meaning: ./deepy.py --help-keys [SECTION]")
+    return wants_help(argv)
+
+
 def split_argv(argv):
     """['a.yml', 'b.yml', '--lr', '1e-3'] -> (['a.yml', 'b.yml'], ['--lr', '1e-3']); a leading `-d DIR` (GPT-NeoX's
     --conf_dir) names the directory the config files are in."""

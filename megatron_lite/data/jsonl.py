@@ -108,4 +108,5 @@ def shuffle_lines(src: str, dst: str, seed: int, buckets: int = 64) -> None:
                 with open(path, "rb") as f:
                     bucket = f.readlines()
                 rng.shuffle(bucket)
-                out.writelines(bucket)
+                for line in bucket:  # (zstd's stream writer has no writelines)
+                    out.write(line)

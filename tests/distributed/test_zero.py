@@ -37,6 +37,7 @@ def test_zero_stages_match_plain_data_parallel(micro_config, tmp_path, monkeypat
                 assert torch.allclose(ours[name], tensor, atol=5e-5), (stage, name)
 
 
+@pytest.mark.slow  # ZeRO in fp32 (above) and bf16 autocast (tests/e2e) are each in the default suite
 def test_zero_in_bf16_trains_like_plain_data_parallel_in_bf16(micro_config, tmp_path, monkeypatch,
                                                               torch_extensions_dir):
     """bf16 autocast over fp32 master weights is the same under ZeRO (stage 2) as under our own reduction."""

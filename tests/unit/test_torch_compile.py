@@ -13,6 +13,9 @@ def losses(config, compile_flag: str, steps: int = 3):
     return [trainer.train_step()["loss"] for _ in range(steps)]
 
 
-def test_compiled_training_matches_eager(micro_config):
+def test_compiled_training_matches_eager(micro_config, tmp_path, monkeypatch):
+    # A private inductor cache: its on-disk kernels are not keyed by ATEN_CPU_CAPABILITY, so kernels cached by a
+    # native run were reused by an AVX2-restricted one on the same machine (NaN losses, heap corruption).
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     eager, compiled = losses(micro_config, "false"), losses(micro_config, "true")
     assert all(abs(a - b) < 1e-4 for a, b in zip(eager, compiled)), (eager, compiled)
