@@ -137,11 +137,11 @@ def test_collect_tool_report_zst_output_index_and_contamination_check(tmp_path):
     assert "(1 with secrets redacted)" in proc.stdout
     for reason in ("auto-generated 1", "few-tokens 1", "near-duplicate 1"):  # decoder.py is conf.py less a key
         assert reason in proc.stdout, proc.stdout
-    corpus = [r for _, r in iter_jsonl(str(out))]
+    corpus = sorted((r for _, r in iter_jsonl(str(out))), key=lambda r: r["path"])  # written shuffled
     assert [r["path"] for r in corpus] == ["__init__.py", "conf.py", "encoder.py", "scanner.py"]
     assert "API_KEY = '<REDACTED>'" in corpus[1]["text"] and "sk_live" not in corpus[1]["text"]
     entries = [r for _, r in iter_jsonl(str(idx))]
-    assert [e["sha256"] for e in entries] == [r["sha256"] for r in corpus]
+    assert sorted(e["sha256"] for e in entries) == sorted(r["sha256"] for r in corpus)
     assert sorted(os.listdir(tmp_path)) == ["c.index.jsonl", "c.jsonl.zst", "src"]
 
     test_set = str(tmp_path / "test_set")
