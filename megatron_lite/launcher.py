@@ -7,11 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import List, Tuple
 
 from megatron_lite.config import ParallelConfig
-from megatron_lite.errors import UserError
+from megatron_lite.errors import RANK_ERRORS_ENV, UserError
 
 LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
 STOP_GRACE_S = 10  # after SIGTERM, how long a node may take to stop before SIGKILL
@@ -105,13 +106,20 @@ def mpirun_command(nprocs: int, cfg: ParallelConfig, script: str, args) -> List[
             sys.executable, script, *args]
 
 
-def run_nodes(cmds: List[List[str]]) -> int:
-    """Run all node commands; when one fails, stop the rest (SIGTERM, then SIGKILL) and return its status."""
+def run_nodes(cmds: List[List[str]], world_size: int) -> int:
+    """Run all node commands; when one fails, stop the rest (SIGTERM, then SIGKILL), show what the failing ranks
+    reported, and return its status."""
+    with tempfile.TemporaryDirectory(prefix="megatron_lite_ranks_") as errors:
+        return _run_nodes(cmds, errors, world_size)
+
+
+def _run_nodes(cmds: List[List[str]], errors: str, world_size: int) -> int:
     procs = []
     signal.signal(signal.SIGTERM, _interrupt)  # a stopped launcher stops its nodes too
+    env = dict(os.environ, **{RANK_ERRORS_ENV: errors})  # local ranks leave their fatal errors there
     try:
         for cmd in cmds:
-            procs.append(subprocess.Popen(cmd, start_new_session=True))
+            procs.append(subprocess.Popen(cmd, start_new_session=True, env=env))
     except FileNotFoundError as e:
         _stop(procs)
         raise UserError(f"cannot start {e.filename}: not found") from None
@@ -121,8 +129,8 @@ def run_nodes(cmds: List[List[str]]) -> int:
             failed = [c for c in codes if c not in (None, 0)]
             if failed:
                 _stop(procs)
-                print(f"error: a node of the job exited with status {failed[0]}; stopped the others "
-                      "(the failing rank's error is above)", file=sys.stderr, flush=True)
+                print(f"error: a node of the job exited with status {failed[0]}; stopped the others. "
+                      + _rank_reports(errors, world_size), file=sys.stderr, flush=True)
                 return failed[0] if failed[0] > 0 else 1
             if all(c == 0 for c in codes):
                 return 0
@@ -130,6 +138,19 @@ def run_nodes(cmds: List[List[str]]) -> int:
     except KeyboardInterrupt:
         _stop(procs)
         return 130
+
+
+def _rank_reports(errors: str, world_size: int) -> str:
+    """What the failed ranks of this machine reported, and how many reported nothing (and why that can be)."""
+    reports = []
+    for name in sorted(os.listdir(errors)):
+        with open(os.path.join(errors, name)) as f:
+            reports.append(f"rank {int(name[4:-4])} failed with:\n{f.read().rstrip()}")  # rankNNNNN.txt
+    silent = world_size - len(reports)
+    if silent:
+        reports.append(f"{silent} of {world_size} ranks reported no error: killed (out of memory? a signal?), "
+                       "stopped by the launcher, or running on another machine.")
+    return "\n".join(reports)
 
 
 def _interrupt(signum, frame):

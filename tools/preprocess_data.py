@@ -48,6 +48,7 @@ def main(argv=None):
                         args.tokenizer_engine, args.transform, args.fim_rate, args.fim_spm_rate, args.seed)
     for key, prefix in result["prefixes"].items():
         print(f"{prefix}.{{bin,idx}}: {result['documents'][key]} documents")
+    print("documents by language: " + ", ".join(f"{language} {n}" for language, n in result["languages"].items()))
     if result["skipped"]:
         print("source files that are not documents, skipped: "
               + ", ".join(f"{reason} {n}" for reason, n in sorted(result["skipped"].items())))

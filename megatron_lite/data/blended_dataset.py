@@ -54,6 +54,11 @@ class BlendedDataset:
     def __len__(self) -> int:
         return len(self.dataset_index)
 
+    def split_size(self) -> tuple:
+        """(documents, tokens) of the blended datasets, one epoch each."""
+        sizes = [d.split_size() for d in self.datasets]
+        return sum(docs for docs, _ in sizes), sum(tokens for _, tokens in sizes)
+
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):
             raise IndexError(f"sample {i} out of range for {len(self)} samples")

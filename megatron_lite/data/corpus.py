@@ -72,15 +72,18 @@ def read_source(path: str, max_bytes: Optional[int] = None) -> Tuple[Optional[st
 
 def iter_documents(inputs: Sequence[str], keys: Sequence[str] = ("text",),
                    exclude_dirs: Sequence[str] = DEFAULT_EXCLUDE_DIRS,
-                   skipped: Optional[Counter] = None) -> Iterator[Dict[str, str]]:
+                   skipped: Optional[Counter] = None, languages: Optional[Counter] = None) -> Iterator[Dict[str, str]]:
     """One {key: text} per document: each UTF-8 source file of a directory (key 'text'), each jsonl record.
-    Source files that are not documents (binary, not UTF-8, empty, unreadable) are counted in `skipped`."""
+    Source files that are not documents (binary, not UTF-8, empty, unreadable) are counted in `skipped`; the
+    documents' languages (the record's 'language', else its path's, else '?') in `languages`."""
+    languages = Counter() if languages is None else languages
     for path in inputs:
         if os.path.isdir(path):
             if list(keys) != ["text"]:
                 raise UserError(f"jsonl-keys {list(keys)} do not apply to directory input '{path}' "
                                 f"(its files are documents under the key 'text')")
-            for _, text in _source_texts(path, exclude_dirs, skipped):
+            for full, text in _source_texts(path, exclude_dirs, skipped):
+                languages[language_of(full, text) or "?"] += 1
                 yield {"text": text}
         else:
             for lineno, record in iter_jsonl(path):
@@ -89,6 +92,7 @@ def iter_documents(inputs: Sequence[str], keys: Sequence[str] = ("text",),
                         raise UserError(f"{path}:{lineno}: record has no key '{k}' (from jsonl-keys)")
                     if not isinstance(record[k], str):
                         raise UserError(f"{path}:{lineno}: key '{k}' holds {type(record[k]).__name__}, expected a string")
+                languages[record.get("language") or language_of(str(record.get("path", ""))) or "?"] += 1
                 yield {k: record[k] for k in keys}
 
 

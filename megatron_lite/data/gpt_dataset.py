@@ -114,9 +114,14 @@ class GPTDataset:
                 warn_once(f"cannot cache the {name} index maps in {cache_dir} ({e.strerror}); keeping them in memory")
         self.doc_idx, self.sample_idx, self.shuffle_idx = cached
         self.num_epochs, self.cache_paths = num_epochs, paths
+        self.num_tokens_epoch = num_tokens_epoch
 
     def __len__(self) -> int:
         return len(self.shuffle_idx)
+
+    def split_size(self) -> tuple:
+        """(documents, tokens) of the split, one epoch."""
+        return len(self.documents), self.num_tokens_epoch
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self):

@@ -206,8 +206,9 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, v
     try:
         for k in jsonl_keys:
             builders[k] = IndexedDatasetBuilder(prefixes[k], best_dtype(tokenizer.vocab_size))
-        skipped = Counter()
-        items = _items(iter_documents(inputs, jsonl_keys, skipped=skipped), jsonl_keys, TEXT_TRANSFORMS[transform])
+        skipped, languages = Counter(), Counter()
+        items = _items(iter_documents(inputs, jsonl_keys, skipped=skipped, languages=languages), jsonl_keys,
+                       TEXT_TRANSFORMS[transform])
         chunks = _chunks(items, fim)
         first = next(chunks, ([], []))
         engine = checked_engine(tokenizer_args, engine, first[1])
@@ -238,4 +239,5 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_type: str, v
         progress.close()
     seconds = time.time() - progress.start
     return {"documents": counts, "tokens": progress.tokens, "bytes": progress.bytes, "seconds": seconds,
-            "prefixes": prefixes, "rates": progress.rates(), "engine": engine, "skipped": dict(skipped)}
+            "prefixes": prefixes, "rates": progress.rates(), "engine": engine, "skipped": dict(skipped),
+            "languages": dict(languages.most_common())}

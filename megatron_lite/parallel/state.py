@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_lite.config import ParallelConfig
+from megatron_lite.config_loader import MPI_INSTALL
 from megatron_lite.errors import UserError
 
 
@@ -53,7 +54,7 @@ def env_world() -> tuple:
         try:
             from mpi4py import MPI
         except ImportError:
-            raise UserError("launcher 'mpirun' needs mpi4py: pip install -e '.[mpi]'") from None
+            raise UserError(f"launcher 'mpirun' needs mpi4py: {MPI_INSTALL}") from None
         comm = MPI.COMM_WORLD
         local = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
         # The rest of the program (and warn_once) reads these like under torchrun.

@@ -20,14 +20,19 @@ FAILING_SCRIPT = textwrap.dedent(
     import os, signal, sys
     import torch.distributed as dist
     from megatron_lite.config_loader import load_config_from_argv
+    from megatron_lite.errors import exit_on_user_error
     from megatron_lite.parallel import state
 
-    state.initialize(load_config_from_argv(sys.argv[1:]).parallel)
-    if state.get().rank == 1:
-        if os.environ["FAIL_MODE"] == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        raise RuntimeError("rank 1 failed on purpose")
-    dist.barrier()  # without the launcher, rank 0 would wait here until the collective timeout
+    @exit_on_user_error  # as our entry scripts: a failing rank reports to the launcher
+    def main():
+        state.initialize(load_config_from_argv(sys.argv[1:]).parallel)
+        if state.get().rank == 1:
+            if os.environ["FAIL_MODE"] == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError("rank 1 failed on purpose")
+        dist.barrier()  # without the launcher, rank 0 would wait here until the collective timeout
+
+    main()
     """
 )
 
@@ -84,10 +89,12 @@ def test_failing_rank_stops_the_job(micro_config, tmp_path, mode):
     assert proc.returncode != 0
     assert elapsed < 60, f"took {elapsed:.0f}s"
     assert "a node of the job exited" in proc.stderr
+    summary = proc.stderr[proc.stderr.index("a node of the job exited"):]  # the launcher's last words
     if mode == "raise":
-        assert "rank 1 failed on purpose" in proc.stderr
+        assert "rank 1 failed with:\n" in summary and "RuntimeError: rank 1 failed on purpose" in summary
     else:
         assert "Signals.SIGKILL" in proc.stderr or "SIGKILL" in proc.stderr
+        assert "1 of 2 ranks reported no error: killed (out of memory? a signal?)" in summary
 
 
 def test_hostfile_errors_name_the_line_and_host(tmp_path):

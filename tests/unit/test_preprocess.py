@@ -81,6 +81,7 @@ def test_directory_and_jsonl_round_trip(tmp_path, tokenizer_dir):
     proc = preprocess(tokenizer_dir, [str(tmp_path / "tree"), str(tmp_path / "docs.jsonl")], prefix, "--append-eod")
     assert "docs/s" in proc.stdout and "MB/s" in proc.stdout
     assert "source files that are not documents, skipped: binary 1" in proc.stdout  # blob.py
+    assert "documents by language: ? 10, Python 1, C 1, Rust 1" in proc.stdout  # jsonl records without a language
     tok = build_tokenizer("HFTokenizer", os.path.join(tokenizer_dir, "tokenizer.json"), None)
     assert decoded_documents(prefix + "_text_document", tok) == tree_texts + [t for t in texts if t]
     assert IndexedDataset(prefix + "_text_document").dtype == np.uint16
