@@ -12,9 +12,10 @@ import torch
 import torch.distributed as dist
 
 
-def seconds_per_step(step, repeats: int = 2) -> float:
-    """Median seconds of `step()` after one warm-up call (allocation, kernel choice, torch.compile)."""
-    step()
+def seconds_per_step(step, repeats: int = 3, warmup: int = 2) -> float:
+    """Median seconds of `step()` after warm-up calls (allocation, kernel choice, torch.compile)."""
+    for _ in range(warmup):
+        step()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
