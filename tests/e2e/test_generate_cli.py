@@ -166,6 +166,8 @@ def test_interactive_session(checkpoint):
             raise AssertionError("every 2000-token sample ended before Ctrl-C reached it")
         assert streamed.strip()
 
+        term.type("/length 5000\n")  # beyond the 2048-token context: said, not a silent stop
+        term.expect("note: the model's context is 2048 tokens")
         term.type("/length 3\n")
         term.expect("length = 3")
         term.type("y\n\n")
