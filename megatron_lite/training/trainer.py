@@ -93,9 +93,10 @@ class Trainer:
         )
         if self.train_data is None:
             raise UserError(f"split '{cfg.data.split}' leaves no training data (key 'split')")
-        self.say("data: " + "; ".join(f"{name} {ds.split_size()[0]} documents, {ds.split_size()[1]} tokens"
-                                      for name, ds in (("train", self.train_data), ("valid", self.valid_data))
-                                      if ds is not None))
+        sizes = {name: ds.split_size() for name, ds in (("train", self.train_data), ("valid", self.valid_data))
+                 if ds is not None}
+        self.say("data: " + "; ".join(f"{name} {docs} documents, {tokens} tokens"
+                                      for name, (docs, tokens) in sizes.items()))
         check_token_ids(cfg.data, self.tokenizer.vocab_size, cfg.data.vocab_file)
         self.model = GPTModel(cfg.model).to(self.device)
         # The compiled wrapper shares the model's parameters; saving and loading go through self.model.
