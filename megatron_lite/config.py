@@ -94,7 +94,8 @@ class OptimConfig:
     eps: float = opt(1.0e-8, "Adam epsilon")
     weight_decay: float = opt(0.01, "decoupled weight decay (not applied to biases and norms)")
     min_lr: float = opt(0.0, "floor of the decayed learning rate")
-    lr_decay_style: str = opt("cosine", "cosine | linear | constant | inverse_square_root")
+    lr_decay_style: str = opt("linear", "linear | cosine | exponential | constant (GPT-NeoX's AnnealingLR) | "
+                                        "inverse_square_root")
     lr_decay_iters: Optional[int] = opt(None, "iterations over which lr decays (default: train_iters)")
     warmup: float = opt(0.01, "warmup as a fraction of lr_decay_iters")
     warmup_iters: Optional[int] = opt(None, "warmup in iterations (overrides warmup)")
@@ -131,6 +132,8 @@ class PrecisionConfig:
     initial_scale_power: int = opt(16, "fp16 dynamic loss scaling starts at 2**this")
     loss_scale_window: int = opt(1000, "fp16: steps without overflow before the scale doubles")
     hysteresis: int = opt(2, "fp16: overflows tolerated before the scale halves")
+    consecutive_hysteresis: bool = opt(False, "fp16: refill the hysteresis on every step without overflow "
+                                              "(DeepSpeed's default: only when the scale grows)")
     min_loss_scale: float = opt(1.0, "fp16: the scale never drops below this")
     max_consecutive_overflows: int = opt(100, "stop training after this many skipped (overflowed) steps in a row; "
                                               "0 = never")

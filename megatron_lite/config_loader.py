@@ -39,7 +39,8 @@ NO_EFFECT_KEYS = {
 # DeepSpeed's nested sections and the flat keys they map to.
 OPTIMIZER_TYPES = {"adam": "Adam", "adamw": "AdamW"}
 OPTIMIZER_PARAMS = {"lr": "lr", "betas": "betas", "eps": "eps", "weight_decay": "weight_decay"}
-FP16_PARAMS = ("loss_scale", "initial_scale_power", "loss_scale_window", "hysteresis", "min_loss_scale")
+FP16_PARAMS = ("loss_scale", "initial_scale_power", "loss_scale_window", "hysteresis", "min_loss_scale",
+               "consecutive_hysteresis")
 NESTED_KEYS = ("optimizer", "fp16", "bf16", "zero_optimization")
 
 DEEPSPEED_INSTALL = "pip install deepspeed==0.19.8 (the version the 'deepspeed' extra pins)"
@@ -58,7 +59,7 @@ CHOICES = {
     "tokenizer_type": ("HFTokenizer", "GPT2BPETokenizer", "SPMTokenizer"),
     "data_impl": ("mmap",),
     "optimizer_type": ("Adam", "AdamW"),
-    "lr_decay_style": ("cosine", "linear", "constant", "inverse_square_root"),
+    "lr_decay_style": ("linear", "cosine", "exponential", "constant", "inverse_square_root"),
     "precision": ("auto", "fp32", "fp16", "bf16"),
     "text_gen_type": ("unconditional", "input-file", "interactive"),
     "launcher": ("torchrun", "pdsh", "mpirun", "openmpi"),  # GPT-NeoX's pdsh / openmpi map to ours

@@ -1,10 +1,14 @@
-"""fp16 loss scaling: static, or dynamic as DeepSpeed's (window, hysteresis, min scale)."""
+"""fp16 loss scaling: static, or dynamic with the arithmetic of DeepSpeed's DynamicLossScaler."""
 
 from megatron_lite.config import PrecisionConfig
 
 
 class LossScaler:
-    """Scale the loss before backward; on overflow skip the step and (dynamically) shrink the scale."""
+    """Scale the loss before backward; on overflow skip the step and (dynamically) shrink the scale.
+
+    As DeepSpeed: an overflow spends one unit of hysteresis, and once none is left each further overflow
+    halves the scale; the hysteresis refills only when the scale doubles, after loss_scale_window steps
+    without overflow (or on every clean step with consecutive_hysteresis)."""
 
     def __init__(self, cfg: PrecisionConfig):
         self.dynamic = cfg.precision == "fp16" and cfg.loss_scale == 0
@@ -13,28 +17,36 @@ class LossScaler:
         else:
             self.scale = float(2 ** cfg.initial_scale_power) if self.dynamic else float(cfg.loss_scale)
         self.window, self.min_scale, self.hysteresis = cfg.loss_scale_window, cfg.min_loss_scale, cfg.hysteresis
+        self.consecutive_hysteresis = cfg.consecutive_hysteresis
         self.hysteresis_left = cfg.hysteresis
-        self.good_steps = 0
+        self.steps, self.last_overflow = 0, -1  # steps seen; the step index of the last overflow
 
     def update(self, overflow: bool) -> None:
-        """Record one step's outcome: halve after `hysteresis` overflows, double after `window` good steps."""
+        """Record one step's outcome."""
         if not self.dynamic:
             return
         if overflow:
-            self.good_steps = 0
-            self.hysteresis_left -= 1
-            if self.hysteresis_left <= 0:
+            if self.hysteresis == 1 or self.hysteresis_left == 1:
                 self.scale = max(self.scale / 2.0, self.min_scale)
-                self.hysteresis_left = self.hysteresis
+            else:
+                self.hysteresis_left -= 1
+            self.last_overflow = self.steps
         else:
-            self.good_steps += 1
-            if self.good_steps % self.window == 0:
-                self.scale *= 2.0
+            if self.consecutive_hysteresis:
                 self.hysteresis_left = self.hysteresis
+            clean = self.steps - self.last_overflow - 1  # clean steps before this one, since the last overflow
+            if clean > 0 and clean % self.window == 0:
+                self.hysteresis_left = self.hysteresis
+                self.scale *= 2.0
+        self.steps += 1
 
     def state_dict(self) -> dict:
-        return {"scale": self.scale, "good_steps": self.good_steps, "hysteresis_left": self.hysteresis_left}
+        return {"scale": self.scale, "steps": self.steps, "last_overflow": self.last_overflow,
+                "hysteresis_left": self.hysteresis_left}
 
     def load_state_dict(self, state: dict) -> None:
-        self.scale, self.good_steps = float(state["scale"]), int(state["good_steps"])
-        self.hysteresis_left = int(state["hysteresis_left"])
+        self.scale, self.hysteresis_left = float(state["scale"]), int(state["hysteresis_left"])
+        if "steps" in state:
+            self.steps, self.last_overflow = int(state["steps"]), int(state["last_overflow"])
+        else:  # a checkpoint written before the DeepSpeed arithmetic: its clean steps since the last doubling
+            self.steps, self.last_overflow = int(state["good_steps"]), -1

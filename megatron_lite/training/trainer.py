@@ -191,7 +191,7 @@ class Trainer:
     def train_step(self) -> dict:
         """One optimizer step over gradient_accumulation_steps micro batches."""
         t, precision = self.cfg.train, self.precision
-        lr = self.schedule(self.state.iteration + 1)
+        lr = self.schedule(self.state.iteration - self.state.skipped_iters)  # steps applied so far, as GPT-NeoX
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         # This data-parallel rank's contiguous slice of the global batch.

@@ -2,6 +2,7 @@
 
 import math
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -26,37 +27,51 @@ def test_warmup_is_linear_from_zero():
     assert [s(i) for i in (0, 5, 10)] == [0.0, 0.5, 1.0]
 
 
-def test_decay_styles_reach_min_lr():
-    assert schedule("cosine")(60) == pytest.approx(0.1 + 0.9 * 0.5)
-    assert schedule("linear")(60) == pytest.approx(0.55)
-    for style in ("cosine", "linear"):
-        assert schedule(style)(110) == pytest.approx(0.1) and schedule(style)(500) == pytest.approx(0.1)
+def test_decay_follows_gpt_neox_annealing_lr():
+    """Values worked by hand from GPT-NeoX's AnnealingLR.get_lr (decay 110, warmup 10, lr 1, min_lr 0.1): progress
+    is (n - warmup) over the whole decay span and stops at n = decay - warmup; min_lr is a floor, not an offset."""
+    assert schedule("linear")(60) == pytest.approx(60 / 110)
+    assert schedule("linear")(500) == pytest.approx(20 / 110)  # stops at (110 - 90) / 110, above the floor
+    assert schedule("cosine")(60) == pytest.approx(0.5 * (math.cos(math.pi * 50 / 110) + 1))
+    assert schedule("cosine")(500) == pytest.approx(0.1)  # 0.079 floored at min_lr
+    assert schedule("exponential")(60) == pytest.approx(math.exp(-0.693 * 50 / 110))
     assert schedule("constant")(100) == 1.0
     assert schedule("inverse_square_root")(40) == pytest.approx(math.sqrt(10 / 40))
 
 
-def test_warmup_fraction():
-    s = LRSchedule(OptimConfig(lr=1.0, warmup=0.1, lr_decay_iters=200))
-    assert s.warmup_iters == 20 and s(10) == pytest.approx(0.5)
+def test_warmup_fraction_is_not_rounded():
+    s = LRSchedule(OptimConfig(lr=1.0, warmup=0.01, lr_decay_iters=250))  # GPT-NeoX: warmup_iter = 2.5
+    assert s.warmup_iters == 2.5 and s(1) == pytest.approx(0.4) and s(2) == pytest.approx(0.8)
 
 
-def test_dynamic_loss_scale_hysteresis_and_growth():
-    sc = LossScaler(PrecisionConfig(precision="fp16", loss_scale=0, initial_scale_power=4, loss_scale_window=3,
-                                    hysteresis=2, min_loss_scale=2))
-    assert sc.scale == 16
-    sc.update(True)
-    assert sc.scale == 16  # first overflow absorbed by hysteresis
-    sc.update(True)
-    assert sc.scale == 8
+def test_dynamic_loss_scale_matches_deepspeed_on_a_random_overflow_sequence(monkeypatch):
+    """The same scale after every step as DeepSpeed's DynamicLossScaler, on 3000 steps of runs of overflows and
+    clean stretches (e.g. three overflows in a row from 256 go 256 -> 256 -> 128 -> 64 with hysteresis 2)."""
+    from deepspeed.runtime.fp16 import loss_scaler as ds
+
+    monkeypatch.setattr(ds.dist, "get_rank", lambda: 0)  # it logs from rank 0 only
+    rng = random.Random(0)
+    for window, hysteresis, consecutive in ((4, 2, False), (7, 3, False), (5, 2, True), (3, 1, False)):
+        ours = LossScaler(PrecisionConfig(precision="fp16", loss_scale=0, initial_scale_power=8,
+                                          loss_scale_window=window, hysteresis=hysteresis, min_loss_scale=2,
+                                          consecutive_hysteresis=consecutive))
+        theirs = ds.DynamicLossScaler(init_scale=256, scale_window=window, min_scale=2, delayed_shift=hysteresis,
+                                      consecutive_hysteresis=consecutive, raise_error_at_min_scale=False)
+        overflow = False
+        for step in range(3000):
+            overflow = rng.random() < (0.6 if overflow else 0.15)  # overflows come in runs
+            ours.update(overflow)
+            theirs.update_scale(overflow)
+            assert ours.scale == theirs.cur_scale, (window, hysteresis, consecutive, step)
+        restored = LossScaler(PrecisionConfig(precision="fp16"))
+        restored.load_state_dict(ours.state_dict())
+        assert restored.state_dict() == ours.state_dict()
+    three = LossScaler(PrecisionConfig(precision="fp16", initial_scale_power=8))
+    scales = []
     for _ in range(3):
-        sc.update(False)
-    assert sc.scale == 16
-    for _ in range(10):
-        sc.update(True)
-    assert sc.scale == 2  # never below min_loss_scale
-    restored = LossScaler(PrecisionConfig(precision="fp16"))
-    restored.load_state_dict(sc.state_dict())
-    assert restored.state_dict() == sc.state_dict()
+        three.update(True)
+        scales.append(three.scale)
+    assert scales == [256, 128, 64]
 
 
 def test_static_and_fp32_scales():
