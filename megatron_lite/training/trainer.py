@@ -170,23 +170,32 @@ class Trainer:
 
     def _zero_engine(self):
         """DeepSpeed takes over gradient reduction, clipping and the optimizer step (ZeRO stages 1-3)."""
-        cfg = self.cfg  # the config loader refused fp16 under ZeRO
+        cfg = self.cfg
         engine, self.zero_groups = zero.initialize(self.model, self.optimizer, cfg.optim, cfg.train)
+        offload = engine.zero_offload_optimizer()
+        self.say(f"ZeRO stage {cfg.optim.zero_stage} over {self.par.dp_size} data-parallel ranks (DeepSpeed)"
+                 + (f", optimizer state and step offloaded to {offload.device}" if offload else ""))
         return engine
 
     def _zero_step(self, first: int) -> tuple:
-        """Micro batches through the DeepSpeed engine: (summed loss, gradient norm before clipping)."""
+        """Micro batches through the DeepSpeed engine: (summed loss, gradient norm before clipping, overflow).
+
+        In fp16 DeepSpeed multiplies the loss by our scale (its external loss scale), unscales and clips its
+        fp32 partitions and skips the step when the norm is not finite; our scaler then updates, as without ZeRO."""
         micro, gas = self.cfg.train.train_micro_batch_size_per_gpu, self.cfg.train.gradient_accumulation_steps
         self.engine.train()
+        if self.precision == "fp16":
+            self.engine.optimizer.override_loss_scale(self.scaler.scale)
         total = torch.zeros((), device=self.device)
         for j in range(gas):
             tokens = get_batch(self.train_data, first + j * micro, micro, self.device)
             loss = lm_loss(self.engine, tokens, self.device, self.precision,
                            self.cfg.model.cross_entropy_loss_fusion)
-            self.engine.backward(loss)  # scaled by 1/gas inside; reduces at the accumulation boundary
+            self.engine.backward(loss)  # scaled by 1/gas (and the loss scale) inside; reduces at the boundary
             self.engine.step()  # steps (and clips) only at the boundary
             total += loss.detach()
-        return total, float(self.engine.get_global_grad_norm())
+        overflow = bool(getattr(self.engine.optimizer, "overflow", False))  # agreed over all ranks by DeepSpeed
+        return total, float(self.engine.get_global_grad_norm()), overflow
 
     def train_step(self) -> dict:
         """One optimizer step over gradient_accumulation_steps micro batches."""
@@ -198,7 +207,8 @@ class Trainer:
         first = self.state.consumed_train_samples + self.par.dp_rank * t.train_micro_batch_size_per_gpu * \
             t.gradient_accumulation_steps
         if self.engine:
-            total, grad_norm = self._zero_step(first)
+            total, grad_norm, overflow = self._zero_step(first)
+            self._record_overflow(overflow)
             return self._finish_step(total, lr, grad_norm)
         self.model.train()
         if self.reducer:
@@ -223,16 +233,16 @@ class Trainer:
         clip = self.cfg.optim.gradient_clipping or math.inf
         grad_norm = clip_grad_norm(params, clip, self.par.tp_group if self.par.tp_size > 1 else None)
         overflow = not math.isfinite(grad_norm)  # reduced over tp ranks; dp ranks hold equal gradients already
-        if overflow:
-            self.state.skipped_iters += 1
-        else:
+        if not overflow:
             self.optimizer.step()
-        self.scaler.update(overflow)
-        self._check_overflow_run(overflow)
+        self._record_overflow(overflow)
         return self._finish_step(total, lr, grad_norm)
 
-    def _check_overflow_run(self, overflow: bool) -> None:
-        """Stop with a clear message once max_consecutive_overflows steps in a row were skipped."""
+    def _record_overflow(self, overflow: bool) -> None:
+        """Count a skipped step, update the loss scale, and stop with a clear message once
+        max_consecutive_overflows steps in a row were skipped."""
+        self.state.skipped_iters += overflow
+        self.scaler.update(overflow)
         self.overflows_in_a_row = self.overflows_in_a_row + 1 if overflow else 0
         limit = self.cfg.precision.max_consecutive_overflows
         if limit and self.overflows_in_a_row >= limit:

@@ -1,6 +1,7 @@
 """ZeRO stages 1-3 through DeepSpeed (2 gloo processes) train like our own data parallelism, and resume."""
 
 import json
+import math
 import shutil
 
 import deepspeed  # noqa: F401  the 'deepspeed' extra, installed by make test: missing must fail, not skip
@@ -12,20 +13,27 @@ from tests.conftest import run_tool
 
 
 
-def train(config, out, *args, env=None):
-    run_tool("deepy.py", "train.py", config, "--hidden-dropout", "0", "--attention-dropout", "0",
+def train(config, out, *args, expect=None):
+    """Train with deepy.py; the metrics.jsonl records (after checking that `expect` is in the output)."""
+    proc = run_tool("deepy.py", "train.py", config, "--hidden-dropout", "0", "--attention-dropout", "0",
              "--log-interval", "1", "--train-iters", "3", "--eval-interval", "3", "--num-procs", "2",
              "--gradient-accumulation-steps", "2", "--save", str(out), "--log-dir", str(out / "logs"),
              "--tensorboard-dir", str(out / "tb"), *args, timeout=420)
+    assert expect is None or expect in proc.stdout, proc.stdout
     with open(out / "logs" / "metrics.jsonl") as f:
         return [json.loads(line) for line in f]
 
 
-def test_zero_stages_match_plain_data_parallel(micro_config, tmp_path, monkeypatch, torch_extensions_dir):
+def test_zero_stages_and_offload_match_plain_data_parallel(micro_config, tmp_path, monkeypatch, torch_extensions_dir):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", torch_extensions_dir)
     plain = train(micro_config, tmp_path / "plain")
-    for stage in (1, 2, 3):
-        zero = train(micro_config, tmp_path / f"zero{stage}", "--zero-optimization", f"{{stage: {stage}}}")
+    # Stages 1 and 2 with ZeRO-Offload (optimizer state and step on the CPU), in GPT-NeoX's and DeepSpeed's spelling.
+    sections = {1: "{stage: 1, cpu_offload: true, overlap_comm: true, reduce_bucket_size: 500000000}",
+                2: "{stage: 2, offload_optimizer: {device: cpu}, contiguous_gradients: true}", 3: "{stage: 3}"}
+    for stage, section in sections.items():
+        zero = train(micro_config, tmp_path / f"zero{stage}", "--zero-optimization", section,
+                     expect=f"ZeRO stage {stage} over 2 data-parallel ranks (DeepSpeed)"
+                     + (", optimizer state and step offloaded to cpu" if stage < 3 else "\n"))
         for ours, ref in zip(zero, plain):
             assert ours["loss"] == pytest.approx(ref["loss"], rel=1e-5), (stage, ours["iteration"])
             assert ours["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4), (stage, ours["iteration"])
@@ -86,3 +94,31 @@ def test_zero_with_tensor_parallelism_resumes_and_matches_plain_tp2_dp2(micro_co
     for ours, ref in zip(resumed, plain):
         assert ours["loss"] == pytest.approx(ref["loss"], rel=1e-5), ours["iteration"]
         assert ours["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4), ours["iteration"]
+
+
+FP16 = ("--precision", "fp16", "--fp16", "{enabled: true, initial_scale_power: 24, hysteresis: 2, loss_scale_window: 3}",
+        "--train-iters", "8")
+
+
+@pytest.mark.parametrize("stage", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)])
+def test_zero_in_fp16_skips_overflows_scales_and_resumes_like_plain_data_parallel(micro_config, tmp_path, monkeypatch,
+                                                                                   stage, torch_extensions_dir):
+    """fp16 autocast with dynamic loss scaling under ZeRO (DeepSpeed's fp32 partitions, our scale): from 2**24 the
+    first steps overflow and are skipped, the scale halves and later grows; every step's loss, scale and gradient
+    norm equal plain data parallel's in fp16, and a run stopped at step 4 and resumed continues the same way."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", torch_extensions_dir)
+    plain = train(micro_config, tmp_path / "plain", *FP16)
+    skipped = [not math.isfinite(r["grad_norm"]) for r in plain]
+    assert skipped[0] and not skipped[-1]
+    assert len({r["loss_scale"] for r in plain}) >= 3  # halved and grown again
+    zero = ("--zero-optimization", f"{{stage: {stage}}}", *FP16)
+    train(micro_config, tmp_path / "zero", *zero, "--exit-interval", "4")
+    resumed = train(micro_config, tmp_path / "zero", *zero, "--load", str(tmp_path / "zero"))
+    assert [r["iteration"] for r in resumed] == list(range(1, 9))  # steps 1-4, then 5-8 after the resume
+    for ours, ref in zip(resumed, plain):
+        assert ours["loss_scale"] == ref["loss_scale"], ours["iteration"]
+        assert ours["loss"] == pytest.approx(ref["loss"], rel=1e-5), ours["iteration"]
+        if math.isfinite(ref["grad_norm"]):
+            assert ours["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4), ours["iteration"]
+        else:  # skipped in both (inf or nan)
+            assert not math.isfinite(ours["grad_norm"]), ours["iteration"]

@@ -72,7 +72,7 @@ def test_wrong_types_name_the_key_and_file(tmp_path):
         ("train_batch_size: 10\ngradient_accumulation_steps: 3\ntrain_micro_batch_size_per_gpu: 2\n", "!= train_micro"),
         ("pipe-parallel-size: 2\n", "pipeline parallelism is not supported"),
         ("pos-emb: alibi\n", "'alibi' is not supported"),
-        ("lr-decay-style: exponential\n", "not supported"),
+        ("lr-decay-style: polynomial\n", "not supported"),
         ("attention_config: [[[\"local\"], 2]]\n", "only 'global'"),
         ("optimizer: {type: SGD}\n", "SGD"),
         ("fp16: {enabled: true}\nbf16: {enabled: true}\n", "cannot both be enabled"),
@@ -187,3 +187,30 @@ def test_missing_optional_engines_are_named_with_an_install_line_before_launch(t
     with pytest.raises(UserError, match=r"stage 1 needs DeepSpeed: pip install deepspeed==0.19.8"):
         load_config([str(path)], ["--zero-optimization", "{stage: 1}"], env={"WORLD_SIZE": "2"})
     load_config([str(path)], ["--zero-optimization", "{stage: 1}"], env={"WORLD_SIZE": "2"}, training=False)
+
+
+def test_zero_optimization_keys_are_passed_to_deepspeed_ignored_with_a_warning_or_refused(tmp_path, capsys):
+    path = write(tmp_path, "z.yml", "train_micro_batch_size_per_gpu: 1\n")
+    section = ("{stage: 1, cpu_offload: true, overlap_comm: true, reduce_bucket_size: 500000000, "
+               "elastic_checkpoint: false}")
+    optim = load_config([path], ["--zero-optimization", section], env={"WORLD_SIZE": "2"}).optim
+    assert optim.zero_stage == 1
+    assert optim.zero_options == {"offload_optimizer": {"device": "cpu"}, "overlap_comm": True,
+                                  "reduce_bucket_size": 500000000}
+    assert "'elastic_checkpoint' has no effect" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"unknown key 'overlap_com'; did you mean 'overlap_comm'\?"):
+        load_config([path], ["--zero-optimization", "{stage: 2, overlap_com: true}"])
+    with pytest.raises(UserError, match=r"'compute_grad_norm' is not supported"):
+        load_config([path], ["--zero-optimization", "{stage: 2, compute_grad_norm: false}"])
+    load_config([path], ["--zero-optimization", "{stage: 0, overlap_comm: true}"])  # GPT-NeoX's small.yml
+    assert "keys ['overlap_comm'] have no effect without ZeRO" in capsys.readouterr().err
+
+
+def test_our_zero_keys_are_deepspeeds():
+    """The zero_optimization keys we pass or ignore are all DeepSpeed's (so an upgrade cannot drift silently)."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    from megatron_lite.config_loader import ZERO_NO_EFFECT, ZERO_PASSED, ZERO_REFUSED
+
+    theirs = {name for n, f in DeepSpeedZeroConfig.model_fields.items() for name in (n, f.alias) if name}
+    assert ZERO_PASSED | set(ZERO_NO_EFFECT) | set(ZERO_REFUSED) | {"stage", "cpu_offload"} == theirs
