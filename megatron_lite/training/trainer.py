@@ -125,7 +125,7 @@ class Trainer:
         self.schedule = LRSchedule(cfg.optim, length_scale=self.train_iters / t.train_iters)
         self.last_saved = self.state.iteration if t.load and self.state.iteration else None
         peak, self.peak_source = peak_tflops(self.device, self.precision, cfg.log.peak_tflops)
-        self.throughput = Throughput(flops_per_token(cfg.model, cfg.model.seq_length), peak)
+        self.throughput = Throughput(flops_per_token(cfg.model, cfg.model.seq_length), peak, self.par.world_size)
         self.tb = _tensorboard(cfg.log.tensorboard_dir) if self.is_main else None
         self.metrics_file = os.path.join(cfg.log.log_dir, "metrics.jsonl") if cfg.log.log_dir and self.is_main else None
         if self.metrics_file:
@@ -302,8 +302,8 @@ class Trainer:
             f"model: {self.num_params / 1e6:.2f}M parameters, {cfg.model.num_layers} layers x "
             f"{cfg.model.hidden_size} hidden x {cfg.model.num_attention_heads} heads, vocab "
             f"{cfg.model.padded_vocab_size}; {self.precision} on {self.device}; global batch "
-            f"{t.train_batch_size} x {cfg.model.seq_length} tokens; MFU vs {self.throughput.peak:.2f} TFLOP/s "
-            f"({self.peak_source}); {self.par.world_size} process(es): tensor parallel {self.par.tp_size} x data "
+            f"{t.train_batch_size} x {cfg.model.seq_length} tokens; MFU per device vs "
+            f"{self.throughput.peak:.2f} TFLOP/s ({self.peak_source}); {self.par.world_size} process(es): tensor parallel {self.par.tp_size} x data "
             f"parallel {self.par.dp_size}"
         )
         bar = tqdm(total=self.train_iters, initial=self.state.iteration, desc="train", unit="it",
