@@ -36,7 +36,7 @@ def test_unknown_gpu_or_precision_asks_for_peak_tflops(monkeypatch):
 @pytest.mark.parametrize("world_size", [1, 8])
 def test_mfu_counts_each_device_its_share_of_the_tokens(monkeypatch, world_size):
     """8 ranks process 8x the tokens of one in the same time at the same MFU."""
-    clock = iter([0.0, 2.0])
+    clock = iter([0.0, 2.0, 2.0])  # construction, report, reset
     monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
     meter = Throughput(flops_per_token=1e9, peak_tflops=100.0, devices=world_size)
     meter.add(50_000 * world_size)  # tokens of all ranks in 2 s
