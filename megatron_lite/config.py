@@ -56,7 +56,8 @@ class ParallelConfig:
     pipe_parallel_size: int = opt(0, "pipeline-parallel size; only 0 or 1 (no pipelining) are supported")
     world_size: int = opt(1, "derived: number of processes (from the launcher's WORLD_SIZE)")
     data_parallel_size: int = opt(1, "derived: world_size / model_parallel_size")
-    num_procs: int = opt(1, "deepy.py: processes to start on this machine (or per host with a hostfile)")
+    num_procs: Optional[int] = opt(None, "deepy.py: processes to start on this machine (or per host with a "
+                                         "hostfile); default: one per visible GPU, as GPT-NeoX, or 1 on a CPU")
     num_gpus: Optional[int] = opt(None, "deepy.py: GPT-NeoX spelling of num_procs (processes per machine)")
     hostfile: Optional[str] = opt(None, "deepy.py: file of 'host slots=N' lines; one torchrun node per host")
     include: Optional[str] = opt(None, "deepy.py: comma-separated hosts of the hostfile to use (default: all)")

@@ -376,7 +376,8 @@ def _derive_and_validate(cfg, raw, env, training=True):
         "checkpoint_num_layers": m.checkpoint_num_layers,
     }
     for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size",
-                "save_interval", "keep_last_n_checkpoints", "lr_decay_iters", "exit_interval", "padded_vocab_size"):
+                "save_interval", "keep_last_n_checkpoints", "lr_decay_iters", "exit_interval", "padded_vocab_size",
+                "num_procs", "num_gpus"):
         section = FIELDS[key][0]
         if getattr(getattr(cfg, section), key) is not None:
             positive[key] = getattr(getattr(cfg, section), key)

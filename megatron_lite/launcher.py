@@ -19,7 +19,14 @@ STOP_GRACE_S = 10  # after SIGTERM, how long a node may take to stop before SIGK
 
 
 def procs_per_node(cfg: ParallelConfig) -> int:
-    return cfg.num_gpus if cfg.num_gpus is not None else cfg.num_procs
+    """num-gpus, else num-procs, else one process per visible GPU (GPT-NeoX's default), else 1."""
+    if cfg.num_gpus is not None:
+        return cfg.num_gpus
+    if cfg.num_procs is not None:
+        return cfg.num_procs
+    import torch  # only here: deepy.py starts faster without it
+
+    return max(torch.cuda.device_count(), 1)  # counts without initialising CUDA, so ranks can still fork
 
 
 def read_hostfile(path: str, include: str = None, exclude: str = None) -> List[Tuple[str, int]]:

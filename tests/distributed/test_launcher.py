@@ -11,6 +11,8 @@ import time
 import pytest
 
 from megatron_lite.errors import UserError
+from megatron_lite import launcher
+from megatron_lite.config import ParallelConfig
 from megatron_lite.launcher import read_hostfile
 from tests.conftest import REPO, run_tool
 from tests.distributed.harness import free_port
@@ -110,3 +112,15 @@ def test_hostfile_errors_name_the_line_and_host(tmp_path):
         read_hostfile(str(bad), include="node3")
     assert read_hostfile(str(bad), exclude="node1") == [("node2", 2)]
 
+
+
+def test_one_process_per_visible_gpu_unless_told(monkeypatch):
+    """As GPT-NeoX's launcher: every visible GPU when neither num-gpus nor num-procs is given; 1 on a CPU."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert launcher.world_size(ParallelConfig()) == 8
+    assert "--nproc-per-node=8" in launcher.commands(ParallelConfig(), "train.py", [])[0]
+    assert launcher.world_size(ParallelConfig(num_procs=2)) == 2 and launcher.world_size(ParallelConfig(num_gpus=4)) == 4
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert launcher.world_size(ParallelConfig()) == 1
