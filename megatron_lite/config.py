@@ -22,19 +22,19 @@ class ModelConfig:
     num_attention_heads: int = opt(4, "attention heads per layer; must divide hidden_size")
     seq_length: int = opt(128, "training sequence length in tokens")
     max_position_embeddings: int = opt(128, "longest sequence the model supports; >= seq_length")
-    pos_emb: str = opt("rotary", "position embedding; only 'rotary' (GPT-NeoX) is supported")
+    pos_emb: str = opt("learned", "position embedding: learned (absolute, GPT-NeoX's default) | rotary (PolyCoder)")
     rotary_pct: float = opt(1.0, "fraction of each head's dimensions that get rotary embeddings")
     rotary_emb_base: int = opt(10000, "rotary frequency base")
     norm: str = opt("layernorm", "normalisation; only 'layernorm' is supported")
     layernorm_epsilon: float = opt(1.0e-5, "LayerNorm epsilon")
     gpt_j_residual: bool = opt(False, "parallel residual: x + attn(ln1(x)) + mlp(ln2(x))")
-    no_weight_tying: bool = opt(True, "untie input embedding and output projection (PolyCoder: untied)")
+    no_weight_tying: bool = opt(False, "untie input embedding and output projection (PolyCoder: untied)")
     activation: str = opt("gelu", "MLP activation; only 'gelu' is supported")
-    hidden_dropout: float = opt(0.0, "dropout on residual branches")
-    attention_dropout: float = opt(0.0, "dropout on attention probabilities")
-    init_method: str = opt("small_init", "init of most weights: normal | scaled_normal | small_init")
+    hidden_dropout: float = opt(0.1, "dropout on residual branches and the embedding")
+    attention_dropout: float = opt(0.1, "dropout on attention probabilities")
+    init_method: str = opt("normal", "init of most weights: normal | scaled_normal | small_init | wang_init")
     output_layer_init_method: str = opt(
-        "wang_init", "init of layer output projections: normal | scaled_normal | wang_init | small_init"
+        "scaled_normal", "init of layer output projections: normal | scaled_normal | wang_init | small_init"
     )
     init_method_std: float = opt(0.02, "std for the 'normal' and 'scaled_normal' init methods")
     make_vocab_size_divisible_by: int = opt(128, "pad the vocabulary to a multiple of this (times tp size)")
@@ -62,7 +62,8 @@ class ParallelConfig:
     hostfile: Optional[str] = opt(None, "deepy.py: file of 'host slots=N' lines; one torchrun node per host")
     include: Optional[str] = opt(None, "deepy.py: comma-separated hosts of the hostfile to use (default: all)")
     exclude: Optional[str] = opt(None, "deepy.py: comma-separated hosts of the hostfile to leave out")
-    launcher: str = opt("torchrun", "deepy.py: torchrun (GPT-NeoX's pdsh: the same, over ssh) | mpirun / openmpi")
+    launcher: str = opt("pdsh", "deepy.py: pdsh (GPT-NeoX's default) = torchrun, one node per host (remote ones over "
+                                "ssh) | mpirun / openmpi")
     master_addr: Optional[str] = opt(None, "rendezvous host (default: the first host, or 127.0.0.1)")
     master_port: int = opt(29500, "rendezvous port")
     distributed_timeout: int = opt(300, "seconds a collective may wait for a lost rank before the job fails")
@@ -72,11 +73,13 @@ class ParallelConfig:
 @dataclass
 class DataConfig:
     data_path: Optional[str] = opt(None, "prefix of a preprocessed dataset (PREFIX.bin / PREFIX.idx)")
-    split: str = opt("949,50,1", "train,valid,test proportions of the documents")
-    tokenizer_type: str = opt("HFTokenizer", "HFTokenizer (tokenizer.json) | GPT2BPETokenizer | SPMTokenizer (.model)")
+    split: str = opt("969, 30, 1", "train,valid,test proportions of the documents")
+    tokenizer_type: str = opt("GPT2BPETokenizer", "GPT2BPETokenizer (vocab.json + merges.txt) | HFTokenizer "
+                                                  "(tokenizer.json) | SPMTokenizer (.model)")
     vocab_file: Optional[str] = opt(None, "tokenizer.json (HFTokenizer) or vocab.json (GPT2BPETokenizer)")
     merge_file: Optional[str] = opt(None, "merges.txt for GPT2BPETokenizer")
-    data_impl: str = opt("mmap", "indexed dataset implementation; only 'mmap' is supported")
+    data_impl: str = opt("infer", "indexed dataset implementation: infer (GPT-NeoX's default) or mmap, the same here: "
+                                  "the only implementation")
     train_data_paths: List[str] = opt([], "training dataset prefixes blended by weight (instead of data-path + split)")
     valid_data_paths: List[str] = opt([], "validation dataset prefixes, blended like train-data-paths")
     test_data_paths: List[str] = opt([], "test dataset prefixes, blended like train-data-paths")
@@ -97,10 +100,13 @@ class OptimConfig:
     min_lr: float = opt(0.0, "floor of the decayed learning rate")
     lr_decay_style: str = opt("linear", "linear | cosine | exponential | constant (GPT-NeoX's AnnealingLR) | "
                                         "inverse_square_root")
-    lr_decay_iters: Optional[int] = opt(None, "iterations over which lr decays (default: train_iters)")
+    lr_decay_iters: Optional[int] = opt(None, "iterations over which lr decays (default: train_iters, or "
+                                              "lr_decay_fraction of it)")
+    lr_decay_fraction: Optional[float] = opt(None, "lr decays over this fraction of train_iters (when lr_decay_iters "
+                                                   "is not set)")
     warmup: float = opt(0.01, "warmup as a fraction of lr_decay_iters")
     warmup_iters: Optional[int] = opt(None, "warmup in iterations (overrides warmup)")
-    gradient_clipping: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
+    gradient_clipping: float = opt(0.0, "clip the global gradient norm to this (0 = off)")
     zero_stage: int = opt(0, "DeepSpeed ZeRO stage from zero_optimization.stage")
     zero_options: dict = opt({}, "the other zero_optimization keys, passed to DeepSpeed as they are (bucket sizes, "
                                  "overlap_comm, offload_optimizer, ...)")
@@ -118,7 +124,7 @@ class TrainConfig:
     save_interval: Optional[int] = opt(None, "save every N iterations (and always at the end)")
     keep_last_n_checkpoints: Optional[int] = opt(None, "delete older checkpoints beyond this many")
     eval_interval: int = opt(1000, "validate every N iterations")
-    eval_iters: int = opt(10, "validation batches per evaluation")
+    eval_iters: int = opt(100, "validation batches per evaluation")
     finetune: bool = opt(False, "load weights only: reset iteration, optimizer and data position")
     exit_interval: Optional[int] = opt(None, "stop (after saving) once iteration reaches a multiple of this")
     torch_compile: bool = opt(False, "compile the model with torch.compile (first steps are slower)")
@@ -192,7 +198,15 @@ class LogConfig:
     log_interval: int = opt(10, "print and log metrics every N iterations")
     tensorboard_dir: Optional[str] = opt(None, "TensorBoard event directory (off when unset)")
     log_dir: Optional[str] = opt(None, "directory for text logs")
-    peak_tflops: Optional[float] = opt(None, "device peak TFLOP/s for MFU (default: known GPU or measured CPU)")
+    peak_tflops: Optional[float] = opt(None, "one device's peak TFLOP/s for MFU (default: known GPU or measured CPU); "
+                                             "GPT-NeoX's peak-theoretical-tflops")
+    use_wandb: Optional[bool] = opt(None, "log to Weights & Biases (pip install wandb); default, as GPT-NeoX: on when "
+                                          "wandb is installed and an API key is configured (WANDB_API_KEY or netrc)")
+    wandb_project: str = opt("neox", "Weights & Biases project")
+    wandb_group: Optional[str] = opt(None, "Weights & Biases run group")
+    wandb_team: Optional[str] = opt(None, "Weights & Biases entity (team or user)")
+    wandb_run_name: Optional[str] = opt(None, "Weights & Biases run name")
+    wandb_host: str = opt("https://api.wandb.ai", "Weights & Biases server")
 
 
 SECTIONS = {

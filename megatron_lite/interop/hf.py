@@ -93,7 +93,7 @@ def model_fields(config: dict, source: str) -> dict:
         "rotary_emb_base": int(theta), "layernorm_epsilon": float(config.get("layer_norm_eps", 1e-5)),
         "gpt_j_residual": bool(config.get("use_parallel_residual", True)),
         "no_weight_tying": not config.get("tie_word_embeddings", False),
-        "padded_vocab_size": need("vocab_size"), "hidden_dropout": 0.0, "attention_dropout": 0.0,
+        "pos_emb": "rotary", "padded_vocab_size": need("vocab_size"), "hidden_dropout": 0.0, "attention_dropout": 0.0,
         "bias_gelu_fusion": GELU_FORMS[act],
     }
 
@@ -174,6 +174,9 @@ def load_hf_dir(path: str, model_cfg: ModelConfig, data_cfg: DataConfig) -> dict
 
 def save_hf_dir(out: str, weights: dict, cfg: ModelConfig, tokenizer) -> None:
     """Write config.json, model.safetensors and tokenizer files that transformers loads offline (atomically)."""
+    if cfg.pos_emb != "rotary":
+        raise UserError(f"this model has pos-emb '{cfg.pos_emb}' (absolute learned positions); Hugging Face's "
+                        "GPTNeoXForCausalLM has rotary positions only, so it cannot be exported there")
     if tokenizer.hf is None:
         raise UserError("exporting a sentencepiece tokenizer to Hugging Face is not supported; "
                         "only tokenizers-library tokenizers (HFTokenizer, GPT2BPETokenizer) are")

@@ -86,7 +86,8 @@ def read_neox_checkpoint(step_dir: str, cfg: ModelConfig) -> dict:
     if extra:
         raise UserError(f"{step_dir}: unexpected pipeline layer(s) {extra} for a {n}-layer model (check num-layers)")
     weights = _merge(_read_layer(files[0], 0, ("word_embeddings.weight",)), "",
-                     {"word_embeddings.weight": "embed_in.weight"}, False)
+                     {"word_embeddings.weight": "embed_in.weight",
+                      "position_embeddings.weight": "embed_positions.weight"}, False)  # pos-emb learned
     for i in tqdm(range(n), desc="layers", unit="layer"):
         shards = _read_layer(files[i + 2], i + 2, ("attention.query_key_value.weight",))
         weights.update(_merge(shards, f"layers.{i}.", {}, cfg.gpt_j_residual))

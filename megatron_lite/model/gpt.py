@@ -18,7 +18,7 @@ from megatron_lite.parallel.layers import column_linear, row_linear, vocab_embed
 from megatron_lite.parallel.mappings import copy_to_tp_region
 from megatron_lite.parallel.random import TRACKER
 
-SUPPORTED = {"pos_emb": ("rotary",), "norm": ("layernorm",), "activation": ("gelu",),
+SUPPORTED = {"pos_emb": ("learned", "rotary"), "norm": ("layernorm",), "activation": ("gelu",),
              "attention_impl": ("auto", "sdpa", "fused", "reference")}
 
 
@@ -119,14 +119,16 @@ class GPTModel(nn.Module):
         self.cfg = cfg
         h, v = cfg.hidden_size, cfg.padded_vocab_size
         self.embed_in = vocab_embedding(v, h)
+        # GPT-NeoX's pos-emb 'learned': absolute positions added to the token embedding (replicated over tp).
+        self.embed_positions = nn.Embedding(cfg.max_position_embeddings, h) if cfg.pos_emb == "learned" else None
         self.embed_dropout = nn.Dropout(cfg.hidden_dropout)
         self.layers = nn.ModuleList(TransformerLayer(cfg, i) for i in range(cfg.num_layers))
         self.final_layer_norm = nn.LayerNorm(h, eps=cfg.layernorm_epsilon)
         # Tied: the output projection reuses embed_in.weight and embed_out does not exist.
         self.embed_out = column_linear(h, v, bias=False) if cfg.no_weight_tying else None
         head_dim = h // cfg.num_attention_heads
-        self.rotary = RotaryEmbedding(rotary_dims(head_dim, cfg.rotary_pct), cfg.rotary_emb_base,
-                                      cfg.max_position_embeddings)
+        rotated = rotary_dims(head_dim, cfg.rotary_pct) if cfg.pos_emb == "rotary" else 0  # 0: q, k pass through
+        self.rotary = RotaryEmbedding(rotated, cfg.rotary_emb_base, cfg.max_position_embeddings)
         self.checkpoint_activations = cfg.checkpoint_activations
         init_weights(self, cfg)
 
@@ -150,7 +152,12 @@ class GPTModel(nn.Module):
         s = input_ids.size(1)
         offset = kv_cache.length if kv_cache is not None else 0
         cos, sin = self.rotary(s, input_ids.device, offset, position_ids)  # [1 or b, s, 1, rotary dims]
-        x = self.embed_dropout(self.embed_in(input_ids))  # [b, s, h]
+        x = self.embed_in(input_ids)  # [b, s, h]
+        if self.embed_positions is not None:
+            if position_ids is None:
+                position_ids = torch.arange(offset, offset + s, device=input_ids.device)[None]  # [1, s]
+            x = x + self.embed_positions(position_ids)
+        x = self.embed_dropout(x)
         if self.checkpoint_activations and self.training and kv_cache is None:
             # Keep only the input of every checkpoint_num_layers layers; recompute the rest in backward
             # (dropout RNG is replayed).

@@ -21,6 +21,8 @@ def count_parameters(cfg: ModelConfig) -> int:
         + 4 * h * h + h  # mlp.dense_4h_to_h
     )
     embeddings = v * h * (2 if cfg.no_weight_tying else 1)  # embed_in (+ embed_out when untied)
+    if cfg.pos_emb == "learned":
+        embeddings += cfg.max_position_embeddings * h  # embed_positions
     return embeddings + cfg.num_layers * per_layer + 2 * h  # + final_layer_norm
 
 

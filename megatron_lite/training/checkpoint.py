@@ -19,6 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from megatron_lite.config import ModelConfig
 from megatron_lite.errors import UserError, warn_once
 from megatron_lite.parallel.reshard import merge_tp_shards, split_tp
 from megatron_lite.parallel.random import TRACKER
@@ -210,6 +211,22 @@ def saved_config(ckpt: str) -> dict:
         return {}
     with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f) or {}
+
+
+# Config keys that make a checkpoint's weights a different model (by shape or by meaning).
+ARCHITECTURE_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "padded_vocab_size", "pos_emb", "rotary_pct",
+                     "no_weight_tying", "gpt_j_residual")
+
+
+def check_same_model(ckpt: str, model: ModelConfig, key: str) -> None:
+    """One-line UserError naming the checkpoint and every architecture key where it differs from `model`."""
+    saved = saved_config(ckpt)
+    keys = ARCHITECTURE_KEYS + (("max_position_embeddings",) if model.pos_emb == "learned" else ())
+    diff = [f"{k.replace('_', '-')} {saved[k]!r} there, {getattr(model, k)!r} here"
+            for k in keys if k in saved and saved[k] != getattr(model, k)]
+    if diff:
+        hint = "load it with its own model config" if key == "load" else "choose another save directory"
+        raise UserError(f"{ckpt} (key '{key}') is a checkpoint of another model: {'; '.join(diff)}; {hint}")
 
 
 def _load_tensors(path: str) -> dict:

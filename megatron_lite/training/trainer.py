@@ -26,14 +26,16 @@ from megatron_lite.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megatron_lite.parallel.data_parallel import GradReducer
 from megatron_lite.parallel.random import TRACKER
 from megatron_lite.precision import autocast, resolve_precision
-from megatron_lite.training.checkpoint import (TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint,
-                                               saved_config)
+from megatron_lite.training.checkpoint import (TrainerState, check_same_model, latest_checkpoint, load_checkpoint,
+                                               save_checkpoint, saved_config)
 from megatron_lite.training.loss_scaler import LossScaler
 from megatron_lite.training.lr_schedule import LRSchedule
 from megatron_lite.training.memory import check_fits
 from megatron_lite.training.metrics import Throughput, peak_tflops
 from megatron_lite.training.optim import build_optimizer, clip_grad_norm
 from megatron_lite.training.time_budget import planned_iterations, seconds_per_step
+from megatron_lite.training.wandb_logger import WandbLogger
+from megatron_lite.training.wandb_logger import wanted as wandb_wanted
 
 # Keys whose change on resume re-shapes the learning-rate schedule mid-run.
 SCHEDULE_KEYS = {"train_iters", "lr", "min_lr", "lr_decay_style", "lr_decay_iters", "warmup", "warmup_iters",
@@ -98,6 +100,10 @@ class Trainer:
         self.say("data: " + "; ".join(f"{name} {docs} documents, {tokens} tokens"
                                       for name, (docs, tokens) in sizes.items()))
         check_token_ids(cfg.data, self.tokenizer.vocab_size, cfg.data.vocab_file)
+        for key, folder in (("load", t.load), ("save", t.save)):  # before anything is loaded or written
+            ckpt = latest_checkpoint(folder) if folder else None
+            if ckpt:
+                check_same_model(ckpt, cfg.model, key)
         self.model = GPTModel(cfg.model).to(self.device)
         # The compiled wrapper shares the model's parameters; saving and loading go through self.model.
         self.forward_model = torch.compile(self.model) if t.torch_compile else self.model
@@ -127,6 +133,8 @@ class Trainer:
         peak, self.peak_source = peak_tflops(self.device, self.precision, cfg.log.peak_tflops)
         self.throughput = Throughput(flops_per_token(cfg.model, cfg.model.seq_length), peak, self.par.world_size)
         self.tb = _tensorboard(cfg.log.tensorboard_dir) if self.is_main else None
+        self.wandb = WandbLogger(cfg.log, cfg.to_flat_dict(), cfg.log.log_dir) \
+            if self.is_main and wandb_wanted(cfg.log) else None
         self.metrics_file = os.path.join(cfg.log.log_dir, "metrics.jsonl") if cfg.log.log_dir and self.is_main else None
         if self.metrics_file:
             _check_writable(cfg.log.log_dir, "log-dir")
@@ -289,6 +297,8 @@ class Trainer:
         if self.metrics_file:
             with open(self.metrics_file, "a") as f:
                 f.write(json.dumps(record) + "\n")
+        if self.wandb:
+            self.wandb.log(record)
         if self.tb:
             for key, value in record.items():
                 if key != "iteration":
@@ -345,6 +355,8 @@ class Trainer:
                      f"| {time.perf_counter() - started:.0f}s")
         if self.tb:
             self.tb.close()
+        if self.wandb:
+            self.wandb.finish()
         return last_eval
 
 

@@ -5,6 +5,7 @@ import torch
 from megatron_lite.config import GenerateConfig, ModelConfig
 from megatron_lite.generation.engine import TextGenerator
 from megatron_lite.model.gpt import GPTModel
+from tests.conftest import tiny_model_config
 from tests.distributed.harness import run_workers
 from tests.unit.test_generation import CharTokenizer
 
@@ -20,7 +21,7 @@ SETTINGS = {  # name: decoding settings
 def generate_all() -> dict:
     """Tokens for every setting from the same seeded model (the init is the same at every tp size)."""
     torch.manual_seed(0)
-    cfg = ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=64, max_position_embeddings=64,
+    cfg = tiny_model_config(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=64, max_position_embeddings=64,
                       padded_vocab_size=VOCAB, rotary_pct=0.5)
     model = GPTModel(cfg).eval()
     out = {}

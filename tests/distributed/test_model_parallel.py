@@ -13,6 +13,7 @@ from megatron_lite.parallel.layers import gather_full
 from megatron_lite.parallel.random import TRACKER
 from megatron_lite.training.optim import clip_grad_norm
 from megatron_lite.training.trainer import lm_loss
+from tests.conftest import tiny_model_config
 from tests.distributed.harness import run_workers
 
 CFG = dict(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=16, max_position_embeddings=16,
@@ -31,7 +32,7 @@ def single_process():
 
 
 def _check_gpt_tp(no_weight_tying, **fusions):
-    cfg = ModelConfig(**CFG, no_weight_tying=no_weight_tying, **fusions)
+    cfg = tiny_model_config(**CFG, no_weight_tying=no_weight_tying, **fusions)
     with single_process():
         torch.manual_seed(0)
         ref = GPTModel(cfg)
@@ -72,8 +73,8 @@ def test_gpt_model_tp2_matches_tp1():
 def _dp_reduce():
     s = state.get()
     torch.manual_seed(0)
-    a = GPTModel(ModelConfig(**CFG))
-    b = GPTModel(ModelConfig(**CFG))
+    a = GPTModel(tiny_model_config(**CFG))
+    b = GPTModel(tiny_model_config(**CFG))
     b.load_state_dict(a.state_dict())
     reducer = GradReducer(a.parameters(), s.dp_group, s.dp_size, bucket_mb=0.05)  # several buckets
     assert len(reducer.buckets) > 2
@@ -130,7 +131,7 @@ def _rng_streams():
     assert len({tuple(h.tolist()) for h in head}) == 4  # every rank's heads have their own stream
 
     # Activation checkpointing replays both streams: gradients equal those without recomputation.
-    cfg = ModelConfig(**CFG, hidden_dropout=0.2, attention_dropout=0.2)
+    cfg = tiny_model_config(**CFG, hidden_dropout=0.2, attention_dropout=0.2)
     torch.manual_seed(0)
     model = GPTModel(cfg).train()
     tokens = torch.randint(0, 250, (2, CFG["seq_length"] + 1))

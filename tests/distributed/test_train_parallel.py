@@ -106,7 +106,8 @@ def test_checkpoint_padded_vocab_that_tp_does_not_divide_is_a_clear_error(small_
     (ckpt / "trainer_state.json").write_text("{}")
     (ckpt / "config.yml").write_text("padded_vocab_size: 1025\n")  # trained with make-vocab-size-divisible-by 1
     cfg = Config()
-    cfg.data.vocab_file, cfg.train.load, cfg.parallel.model_parallel_size = str(small_corpus["tokenizer"]), str(ckpt), 2
+    cfg.data.tokenizer_type, cfg.data.vocab_file = "HFTokenizer", str(small_corpus["tokenizer"])
+    cfg.train.load, cfg.parallel.model_parallel_size = str(ckpt), 2
     with pytest.raises(UserError, match="1025 rows, which model-parallel-size 2 does not divide"):
         build_tokenizer_for(cfg)
     cfg.parallel.model_parallel_size = 1

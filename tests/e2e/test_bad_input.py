@@ -37,7 +37,7 @@ CASES = {
     "batch arithmetic": ("train_batch_size: 7\n", (), ("train_batch_size", "bad.yml")),
     "lr below min lr": ("", ("--min-lr", "1.0"), ("min-lr",)),
     "pipeline parallel": ("pipe-parallel-size: 4\n", (), ("pipe-parallel-size", "not supported")),
-    "unsupported position embedding": ("pos-emb: alibi\n", (), ("pos-emb", "alibi")),
+    "unsupported position embedding": ("", ("--pos-emb", "alibi"), ("pos-emb", "alibi")),
     "missing data": ("", ("--data-path", "/nonexistent/data_text_document"), ("/nonexistent/data_text_document",)),
     "missing tokenizer": ("", ("--vocab-file", "/nonexistent/tokenizer.json"), ("/nonexistent/tokenizer.json",)),
     "split without training data": ("", ("--split", "0,1,0"), ("split",)),
@@ -160,3 +160,16 @@ def test_malformed_jsonl_line(tmp_path, small_corpus):
                     check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "bad.jsonl" in proc.stderr
     assert not [p for p in os.listdir(tmp_path) if p.startswith("y")]
+
+
+def test_checkpoint_of_another_model_is_refused_before_loading_or_writing(tmp_path, micro_config):
+    """A config for a different model against a checkpoint folder (e.g. local_setup.yml's with a bigger model):
+    one line naming the checkpoint and each differing key, for --load and for --save alike."""
+    run_tool("deepy.py", "train.py", micro_config, "--train-iters", "1", "--eval-interval", "1", "--eval-iters", "1")
+    ckpt = tmp_path / "ckpt" / "global_step1"
+    bigger = ("--num-layers", "3", "--hidden-size", "128", "--train-iters", "2")
+    proc = train(tmp_path, micro_config, "", *bigger, "--load", str(tmp_path / "ckpt"))
+    assert_clean_error(proc, str(ckpt), "(key 'load')", "num-layers 2 there, 3 here", "hidden-size 64 there, 128 here")
+    proc = train(tmp_path, micro_config, "", *bigger)  # no --load: would write into the small model's folder
+    assert_clean_error(proc, "(key 'save')", "num-layers 2 there, 3 here", "choose another save directory")
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["global_step1", "latest"]

@@ -28,6 +28,9 @@ hidden-size: 64
 num-attention-heads: 4
 seq-length: 64
 max-position-embeddings: 64
+pos-emb: rotary
+no-weight-tying: true
+tokenizer-type: HFTokenizer
 train_micro_batch_size_per_gpu: 4
 train-iters: 6
 lr: 0.003

@@ -20,6 +20,7 @@ def checkpoint(tmp_path_factory, small_corpus):
     cfg = root / "model.yml"
     cfg.write_text(
         f"num-layers: 2\nhidden-size: 64\nnum-attention-heads: 4\nseq-length: 64\nmax-position-embeddings: 2048\n"
+        f"pos-emb: rotary\nno-weight-tying: true\ntokenizer-type: HFTokenizer\n"
         f"train_micro_batch_size_per_gpu: 4\ntrain-iters: 10\neval-interval: 10\neval-iters: 1\n"
         f"data-path: {small_corpus['prefix']}\nvocab-file: {small_corpus['tokenizer']}\n"
         f"save: {root / 'ckpt'}\nload: {root / 'ckpt'}\n"

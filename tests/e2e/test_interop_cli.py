@@ -78,6 +78,7 @@ def write_neox_config(path, c, tp, vocab_file):
         f'  "gpt-j-residual": {c.gpt_j_residual}, "no-weight-tying": {c.no_weight_tying},\n'
         f'  "model-parallel-size": {tp}, "pipe-parallel-size": 1,\n'
         f'  "train_micro_batch_size_per_gpu": 4, "vocab-file": "{vocab_file}",\n'
+        '  "pos-emb": "rotary", "tokenizer-type": "HFTokenizer",\n'
         '}\n')
     return path
 

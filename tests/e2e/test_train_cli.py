@@ -17,11 +17,18 @@ def losses(log_dir):
         return {r["iteration"]: r for r in map(json.loads, f)}
 
 
-def test_train_eval_generate(tmp_path, micro_config, small_corpus):
+def test_train_eval_generate(tmp_path, micro_config, small_corpus, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")  # Weights & Biases writes its run files locally, under log-dir
     proc = run_tool("deepy.py", "train.py", micro_config, "--train-iters", "200", "--eval-interval", "100",
-                    "--hidden-dropout", "0", "--attention-dropout", "0")
+                    "--hidden-dropout", "0", "--attention-dropout", "0", "--use-wandb", "true",
+                    "--wandb-project", "stdlib-micro")
     assert "tokens/s" in proc.stdout + proc.stderr and "MFU" in proc.stdout + proc.stderr
     log = losses(tmp_path / "logs")
+    (run,) = [d for d in (tmp_path / "logs" / "wandb").iterdir() if d.name.startswith("offline-run-")]
+    (records,) = [f.read_bytes() for f in run.iterdir() if f.suffix == ".wandb"]
+    assert b"stdlib-micro" in records and b"train/loss" in records and b"valid/val_loss" in records
+    for r in log.values():  # every logged loss, as JSON inside the run's protobuf records
+        assert json.dumps(r["loss"]).encode() in records, r["iteration"]
     assert set(log[200]) >= {"loss", "lr", "grad_norm", "loss_scale", "tokens_per_s", "mfu", "val_loss", "val_ppl"}
     assert log[200]["loss"] < log[1]["loss"] - 1.0
     _, valid, _ = build_train_valid_test_datasets(small_corpus["prefix"], "949,50,1", 64, (0, 1, 0), 1234)

@@ -12,6 +12,7 @@ from megatron_lite.evaluation import humaneval as he
 from megatron_lite.evaluation.sandbox import Sandbox, SandboxLimits
 from megatron_lite.generation.engine import TextGenerator
 from megatron_lite.model.gpt import GPTModel
+from tests.conftest import tiny_model_config
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -63,7 +64,7 @@ def test_bad_inputs(tmp_path, problems):
 def test_sampling_resumes_where_it_stopped_and_samples_the_same(tmp_path, problems):
     tokenizer = Tokenizer(train_byte_level_bpe([p["prompt"] for p in problems[:20]], 300), "test")
     torch.manual_seed(0)
-    model = GPTModel(ModelConfig(num_layers=1, hidden_size=32, num_attention_heads=4, seq_length=64,
+    model = GPTModel(tiny_model_config(num_layers=1, hidden_size=32, num_attention_heads=4, seq_length=64,
                                  max_position_embeddings=64, padded_vocab_size=320)).eval()
     generator = TextGenerator(model, tokenizer, GenerateConfig(maximum_tokens=6, temperature=1.0), 64)
     whole, resumed = tmp_path / "whole.jsonl", tmp_path / "resumed.jsonl"

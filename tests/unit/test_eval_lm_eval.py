@@ -10,6 +10,7 @@ from megatron_lite.data.tokenizer import Tokenizer, train_byte_level_bpe
 from megatron_lite.evaluation.lm_eval_adapter import Scorer
 from megatron_lite.evaluation.perplexity import score_files
 from megatron_lite.model.gpt import GPTModel
+from tests.conftest import tiny_model_config
 
 TEXTS = ["def add(a, b):\n    return a + b\n", "for i in range(10):\n    print(i)\n", "import os\nos.getcwd()\n"] * 4
 
@@ -18,7 +19,7 @@ TEXTS = ["def add(a, b):\n    return a + b\n", "for i in range(10):\n    print(i
 def scorer():
     tokenizer = Tokenizer(train_byte_level_bpe(TEXTS, 300), "test")
     torch.manual_seed(0)
-    model = GPTModel(ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=16,
+    model = GPTModel(tiny_model_config(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=16,
                                  max_position_embeddings=16, padded_vocab_size=320)).eval()
     return Scorer(model, tokenizer, torch.device("cpu"), max_length=16, batch_size=3)
 

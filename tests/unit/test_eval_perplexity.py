@@ -17,6 +17,7 @@ from megatron_lite.evaluation.eval_files import find_eval_files
 from megatron_lite.evaluation.perplexity import rolling_windows, score_files, summarize
 from megatron_lite.evaluation.report import markdown_table, write_perplexity_report
 from megatron_lite.model.gpt import GPTModel
+from tests.conftest import tiny_model_config
 
 STDLIB = sysconfig.get_paths()["stdlib"]
 SOURCES = {  # a few files per language, real code where this machine has it
@@ -49,7 +50,7 @@ def tokenizer(tree):
 
 def tiny_model(vocab, uniform=False, seed=0):
     torch.manual_seed(seed)
-    cfg = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=32,
+    cfg = tiny_model_config(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=32,
                       max_position_embeddings=64, padded_vocab_size=vocab, rotary_pct=0.5)
     model = GPTModel(cfg).eval()
     if uniform:

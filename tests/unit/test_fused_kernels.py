@@ -8,6 +8,7 @@ from megatron_lite.config import ModelConfig
 from megatron_lite.errors import _warned
 from megatron_lite.model import attention, fused
 from megatron_lite.model.gpt import GPTModel
+from tests.conftest import tiny_model_config
 
 KERNEL, WHY = fused.kernel_for("cpu", torch.float32)
 # bf16 results are rounded to 8 bits of mantissa: one rounding step apart is agreement.
@@ -158,7 +159,7 @@ def test_auto_attention_picks_the_measured_faster_path():
 
 
 def small_cfg(**overrides) -> ModelConfig:
-    cfg = ModelConfig(num_layers=3, hidden_size=64, num_attention_heads=4, seq_length=32,
+    cfg = tiny_model_config(num_layers=3, hidden_size=64, num_attention_heads=4, seq_length=32,
                       max_position_embeddings=64, rotary_pct=0.5, padded_vocab_size=256)
     for key, value in overrides.items():
         setattr(cfg, key, value)

@@ -12,6 +12,7 @@ from megatron_lite.generation.engine import TextGenerator
 from megatron_lite.generation.sampling import apply_repetition_penalty, filter_logits
 from megatron_lite.generation.stopping import cut_point, truncate
 from megatron_lite.model.gpt import GPTModel
+from tests.conftest import tiny_model_config
 
 VOCAB = 64
 
@@ -30,7 +31,7 @@ class CharTokenizer:
 
 def tiny_model(seed=0, **kw):
     torch.manual_seed(seed)
-    cfg = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=64,
+    cfg = tiny_model_config(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=64,
                       max_position_embeddings=64, padded_vocab_size=VOCAB, rotary_pct=0.5, **kw)
     return GPTModel(cfg).eval()
 
@@ -199,7 +200,7 @@ def test_fast_decode_step_matches_the_model_forward(parallel_residual, rotary_pc
     from megatron_lite.generation.fast_decode import FastDecoder
 
     torch.manual_seed(0)
-    cfg = ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=64, max_position_embeddings=64,
+    cfg = tiny_model_config(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=64, max_position_embeddings=64,
                       padded_vocab_size=VOCAB, rotary_pct=rotary_pct, gpt_j_residual=parallel_residual,
                       bias_gelu_fusion=tanh_gelu)
     model = GPTModel(cfg).eval()

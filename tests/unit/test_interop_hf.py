@@ -15,6 +15,7 @@ from megatron_lite.generation.engine import TextGenerator
 from megatron_lite.interop.hf import load_hf_dir, save_hf_dir
 from megatron_lite.model.gpt import GPTModel
 from megatron_lite.training.checkpoint import load_state_checked
+from tests.conftest import tiny_model_config
 
 VOCAB = 384  # tokenizer of 300 tokens padded to a multiple of 128
 
@@ -37,7 +38,7 @@ def perturbed(model):
 
 
 def our_model(**kw):
-    cfg = ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, padded_vocab_size=VOCAB,
+    cfg = tiny_model_config(num_layers=2, hidden_size=64, num_attention_heads=4, padded_vocab_size=VOCAB,
                       max_position_embeddings=64, **kw)
     torch.manual_seed(0)
     return perturbed(GPTModel(cfg))
@@ -102,7 +103,7 @@ def test_import_of_transformers_model_gives_same_logits(tmp_path, tokenizer_dir,
     hf.save_pretrained(str(tmp_path / "hf"))
     for name in ("tokenizer.json",):
         (tmp_path / "hf" / name).write_bytes((tokenizer_dir / name).read_bytes())
-    model_cfg, data_cfg = ModelConfig(seq_length=32), DataConfig()
+    model_cfg, data_cfg = tiny_model_config(seq_length=32), DataConfig()
     weights = load_hf_dir(str(tmp_path / "hf"), model_cfg, data_cfg)
     assert (model_cfg.rotary_pct, model_cfg.gpt_j_residual, model_cfg.no_weight_tying) == (0.25, parallel, not tied)
     assert model_cfg.bias_gelu_fusion is (act == "gelu_new")
@@ -128,8 +129,8 @@ def test_unsupported_or_broken_directories_are_clear_errors(tmp_path, tokenizer_
                                 ("intermediate_size", 100, "intermediate_size = 100")]:
         (out / "config.json").write_text(json.dumps({**config, key: value}))
         with pytest.raises(UserError, match=message):
-            load_hf_dir(str(out), ModelConfig(), DataConfig())
+            load_hf_dir(str(out), tiny_model_config(), DataConfig())
     (out / "config.json").write_text(json.dumps(config))
     (out / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(UserError, match="cannot read the weights"):
-        load_hf_dir(str(out), ModelConfig(), DataConfig())
+        load_hf_dir(str(out), tiny_model_config(), DataConfig())

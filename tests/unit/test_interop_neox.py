@@ -13,6 +13,7 @@ from megatron_lite.interop.neox import read_neox_checkpoint
 from megatron_lite.interop.safe_load import load_pt
 from megatron_lite.model.gpt import GPTModel
 from megatron_lite.training.checkpoint import load_state_checked
+from tests.conftest import tiny_model_config
 
 DIM0 = ("attention.query_key_value.weight", "attention.query_key_value.bias", "mlp.dense_h_to_4h.weight",
         "mlp.dense_h_to_4h.bias")
@@ -21,7 +22,7 @@ ROW_BIASES = ("attention.dense.bias", "mlp.dense_4h_to_h.bias")
 
 
 def known_model(vocab=256, **kw):
-    cfg = ModelConfig(num_layers=3, hidden_size=64, num_attention_heads=4, padded_vocab_size=vocab,
+    cfg = tiny_model_config(num_layers=3, hidden_size=64, num_attention_heads=4, padded_vocab_size=vocab,
                       max_position_embeddings=32, rotary_pct=0.25, **kw)
     torch.manual_seed(0)
     model = GPTModel(cfg).eval()
@@ -85,7 +86,7 @@ def test_layer_count_mismatch_is_a_clear_error(tmp_path):
     source = known_model()
     write_neox_checkpoint(source, str(tmp_path / "global_step1"), tp=2)
     with pytest.raises(UserError, match=r"no files for pipeline layer\(s\) \[5, 8\] of a 4-layer model"):
-        read_neox_checkpoint(str(tmp_path / "global_step1"), ModelConfig(num_layers=4, padded_vocab_size=256))
+        read_neox_checkpoint(str(tmp_path / "global_step1"), tiny_model_config(num_layers=4, padded_vocab_size=256))
     os.remove(tmp_path / "global_step1" / "layer_03-model_01-model_states.pt")
     with pytest.raises(UserError, match="layer 03 has tensor-parallel ranks"):
         read_neox_checkpoint(str(tmp_path / "global_step1"), source.cfg)

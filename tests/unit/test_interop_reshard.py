@@ -13,11 +13,12 @@ from megatron_lite.interop.convert import ours_to_hf, reshard_ours
 from megatron_lite.interop.ours import read_weights_checkpoint, write_weights_checkpoint
 from megatron_lite.model.gpt import GPTModel
 from megatron_lite.parallel.reshard import merge_tp_shards, partition_dim, reshard, split_tp
+from tests.conftest import tiny_model_config
 
 
 def full_state(untied=True):
     torch.manual_seed(0)
-    cfg = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, padded_vocab_size=64,
+    cfg = tiny_model_config(num_layers=2, hidden_size=32, num_attention_heads=4, padded_vocab_size=64,
                       max_position_embeddings=16, no_weight_tying=untied)
     return GPTModel(cfg).state_dict()
 
@@ -76,7 +77,7 @@ def test_reshard_tool_keeps_weights_and_a_sentencepiece_tokenizer(tmp_path):
     """Converted checkpoints carry their tokenizer: sentencepiece as tokenizer.model (to-hf refuses it clearly)."""
     train_sentencepiece([inspect.getsource(torch.nn.modules.module)], 500, str(tmp_path / "spm"))
     cfg = load_config([], ["--train-micro-batch-size-per-gpu", "1", "--tokenizer-type", "SPMTokenizer",
-                           "--vocab-file", str(tmp_path / "spm" / "tokenizer.model"), "--hidden-size", "32",
+                           "--vocab-file", str(tmp_path / "spm" / "tokenizer.model"), "--hidden-size", "32", "--pos-emb", "rotary",
                            "--padded-vocab-size", "512", "--max-position-embeddings", "16",
                            "--seq-length", "16"])
     torch.manual_seed(0)

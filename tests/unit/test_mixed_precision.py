@@ -41,9 +41,9 @@ def test_overflow_skips_the_step_and_the_scale_follows_hysteresis_and_window(mic
             assert all(torch.equal(a, b) for a, b in zip(before, weights(trainer)))
             assert not trainer.optimizer.state
             assert math.isnan(step["grad_norm"])
-    # 1: first overflow spends hysteresis; 2: halves; 3-5: three good steps double it back; 6: overflow
-    # with hysteresis restored is tolerated; 7: good.
-    assert scales == [256, 128, 128, 128, 256, 256, 256]
+    # DeepSpeed's arithmetic: 1: the first overflow spends the hysteresis; 2: halves; 3-5: clean, not yet a whole
+    # window after the overflow; 6: the hysteresis was not refilled (no doubling yet), so it halves again.
+    assert scales == [256, 128, 128, 128, 128, 64, 64]
     assert trainer.state.skipped_iters == 3
     assert not all(torch.equal(a, b) for a, b in zip(before, weights(trainer)))
 
@@ -64,7 +64,7 @@ def test_fp16_training_on_the_tiny_config_does_not_diverge(tmp_path, small_corpu
     config = tmp_path / "tiny_fp16.yml"
     config.write_text(text.replace("precision: auto", "fp16: {enabled: true, loss_scale: 0, "
                                    "initial_scale_power: 16, hysteresis: 2, loss_scale_window: 10}"))
-    cfg = load_config([str(config)], ["--data-path", small_corpus["prefix"], "--vocab-file",
+    cfg = load_config([str(config)], ["--data-path", small_corpus["prefix"], "--tokenizer-type", "HFTokenizer", "--vocab-file",
                                       str(small_corpus["tokenizer"]), "--train-iters", "40", "--seq-length", "64",
                                       "--hidden-size", "128", "--num-layers", "2",
                                       "--train-micro-batch-size-per-gpu", "4", "--save-interval", "1000"])

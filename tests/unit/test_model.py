@@ -9,6 +9,7 @@ from megatron_lite.config import ModelConfig, pad_vocab_size
 from megatron_lite.errors import UserError
 from megatron_lite.model.gpt import GPTModel, count_parameters, flops_per_token
 from megatron_lite.model.init import init_std
+from tests.conftest import tiny_model_config
 
 VOCAB = 96
 
@@ -17,7 +18,7 @@ def small_cfg(**kw) -> ModelConfig:
     base = dict(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=16, max_position_embeddings=32,
                 padded_vocab_size=VOCAB)
     base.update(kw)
-    return ModelConfig(**base)
+    return tiny_model_config(**base)
 
 
 def build(cfg: ModelConfig, seed: int = 0) -> GPTModel:
@@ -36,7 +37,7 @@ POLYCODER = [(12, 768, 12, 162.3e6), (24, 1024, 16, 405.3e6), (32, 2560, 32, 2.7
 
 def polycoder_cfg(layers, hidden, heads, **kw):
     vocab = pad_vocab_size(50257, 128)
-    return ModelConfig(num_layers=layers, hidden_size=hidden, num_attention_heads=heads, seq_length=2048,
+    return tiny_model_config(num_layers=layers, hidden_size=hidden, num_attention_heads=heads, seq_length=2048,
                        max_position_embeddings=2048, pos_emb="rotary", no_weight_tying=True,
                        padded_vocab_size=vocab, **kw)
 
