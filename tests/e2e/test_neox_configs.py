@@ -133,17 +133,21 @@ def smoke(out, configs, paths, stage):
 
 
 @pytest.mark.parametrize("name, stage", [("160M.yml", 0), ("0.4B.yml", 0), ("2-7B.yml", 1)])
-def test_shipped_polycoder_configs_train_at_dp2(tmp_path, small_corpus, name, stage):
+def test_shipped_polycoder_configs_train_at_dp2(tmp_path, small_corpus, name, stage, monkeypatch,
+                                                torch_extensions_dir):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", torch_extensions_dir)  # DeepSpeed's prebuilt comm op
     configs = [os.path.join(REPO, "configs", name), os.path.join(REPO, "configs", "local_setup.yml")]
     smoke(tmp_path, configs, ("--data-path", small_corpus["prefix"], "--vocab-file", str(small_corpus["tokenizer"])),
           stage)
 
 
 @pytest.mark.parametrize("name, stage", [("small.yml", 0), ("medium.yml", 1), ("2-7B.yml", 1)])
-def test_polycoder_fork_configs_train_at_dp2_and_generate(tmp_path, small_corpus, monkeypatch, name, stage):
+def test_polycoder_fork_configs_train_at_dp2_and_generate(tmp_path, small_corpus, monkeypatch, name, stage,
+                                                          torch_extensions_dir):
     """Their local_setup.yml as it is (GPT-2 vocab and merges, Weights & Biases on: offline here); the small model
     then samples with their text_generation.yml."""
     monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", torch_extensions_dir)
     for file, text in FORK.items():
         (tmp_path / file).write_text(text)
     tok = small_corpus["tokenizer"].parent  # vocab.json + merges.txt of the same BPE as the data
