@@ -61,7 +61,7 @@ def _check_gpt_tp(no_weight_tying, **fusions):
 
 def _gpt_tp2():
     _check_gpt_tp(no_weight_tying=True)
-    _check_gpt_tp(no_weight_tying=False)
+    _check_gpt_tp(no_weight_tying=False, pos_emb="learned")  # GPT-NeoX's defaults: positions replicated over tp
     # The fused kernels on each rank's heads and MLP shard (bias-GeLU takes the column-parallel bias slice).
     _check_gpt_tp(no_weight_tying=True, attention_impl="fused", bias_gelu_fusion=True)
 

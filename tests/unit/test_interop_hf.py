@@ -65,6 +65,15 @@ def test_export_gives_same_logits_in_transformers(tmp_path, tokenizer_dir, rotar
     assert diff < 1e-4
 
 
+def test_learned_positions_cannot_be_exported(tmp_path, tokenizer_dir):
+    """GPT-NeoX's default pos-emb learned has no place in GPTNeoXForCausalLM (rotary only): a clear error, no dir."""
+    ours = our_model(pos_emb="learned")
+    tok = build_tokenizer("HFTokenizer", str(tokenizer_dir / "tokenizer.json"))
+    with pytest.raises(UserError, match="pos-emb 'learned'.*cannot be exported"):
+        save_hf_dir(str(tmp_path / "hf"), ours.state_dict(), ours.cfg, tok)
+    assert not (tmp_path / "hf").exists()
+
+
 def test_exported_tokenizer_loads_in_transformers(tmp_path, tokenizer_dir):
     ours = our_model()
     tok = build_tokenizer("HFTokenizer", str(tokenizer_dir / "tokenizer.json"))

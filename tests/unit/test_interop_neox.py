@@ -48,7 +48,10 @@ def write_neox_checkpoint(model, step_dir, tp):
         torch.save(state, os.path.join(step_dir, f"layer_{layer:02d}-model_{rank:02d}-model_states.pt"))
 
     for r in range(tp):
-        save(0, r, {"word_embeddings.weight": sd["embed_in.weight"].chunk(tp, 0)[r].clone()})
+        embedding = {"word_embeddings.weight": sd["embed_in.weight"].chunk(tp, 0)[r].clone()}
+        if cfg.pos_emb == "learned":  # GPT-NeoX's Embedding: replicated on every tp rank
+            embedding["position_embeddings.weight"] = sd["embed_positions.weight"].clone()
+        save(0, r, embedding)
         for i in range(cfg.num_layers):
             state = {"attention.rotary_emb.inv_freq": inv_freq}
             for name, t in sd.items():
@@ -69,9 +72,10 @@ def write_neox_checkpoint(model, step_dir, tp):
             save(n + 4, r, {"final_linear.weight": sd["embed_out.weight"].chunk(tp, 0)[r].clone()})
 
 
-@pytest.mark.parametrize("parallel,untied", [(False, True), (True, True), (True, False)])
-def test_tp2_neox_checkpoint_imports_with_same_logits(tmp_path, parallel, untied):
-    source = known_model(gpt_j_residual=parallel, no_weight_tying=untied)
+@pytest.mark.parametrize("parallel,untied,pos_emb", [(False, True, "rotary"), (True, True, "rotary"),
+                                                     (True, False, "rotary"), (False, False, "learned")])
+def test_tp2_neox_checkpoint_imports_with_same_logits(tmp_path, parallel, untied, pos_emb):
+    source = known_model(gpt_j_residual=parallel, no_weight_tying=untied, pos_emb=pos_emb)
     write_neox_checkpoint(source, str(tmp_path / "global_step7"), tp=2)
     weights = read_neox_checkpoint(str(tmp_path / "global_step7"), source.cfg)
     imported = GPTModel(source.cfg).eval()

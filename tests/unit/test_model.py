@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import transformers
 
 from megatron_lite.config import ModelConfig, pad_vocab_size
 from megatron_lite.errors import UserError
@@ -54,13 +55,15 @@ def test_polycoder_parameter_counts(layers, hidden, heads, expected):
     assert abs(allocated - expected) / expected < 0.01
 
 
-def test_tied_count_and_names():
+@pytest.mark.parametrize("pos_emb", ["rotary", "learned"])
+def test_tied_count_and_names(pos_emb):
     for untied in (True, False):
-        cfg = small_cfg(no_weight_tying=untied)
+        cfg = small_cfg(no_weight_tying=untied, pos_emb=pos_emb)
         model = build(cfg)
         names = list(model.state_dict())
         assert count_parameters(cfg) == sum(p.numel() for p in model.parameters())
         assert ("embed_out.weight" in names) == untied
+        assert ("embed_positions.weight" in names) == (pos_emb == "learned")
         layer = [n[len("layers.0."):] for n in names if n.startswith("layers.0.")]
         assert layer == [f"{m}.{w}" for m in ("input_layernorm", "attention.query_key_value", "attention.dense",
                                                "post_attention_layernorm", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
@@ -148,12 +151,48 @@ def test_matches_hugging_face_gpt_neox(rotary_pct, parallel, untied):
     assert diff < 1e-4
 
 
+def test_gpt_neox_defaults_are_gpt2_and_match_hugging_face_gpt2():
+    """GPT-NeoX's default architecture (learned absolute positions, tied embeddings, sequential residual) with the
+    tanh GeLU is GPT-2's: transformers' GPT2LMHeadModel with our weights gives our logits. GPT-2 stores q, k, v as
+    three blocks and its linears as [in, out]; ours interleave q, k, v per head and are [out, in]."""
+    cfg = small_cfg(pos_emb="learned", no_weight_tying=False, bias_gelu_fusion=True)
+    ours = build(cfg).eval()
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=VOCAB, n_positions=cfg.max_position_embeddings, n_embd=cfg.hidden_size, n_layer=cfg.num_layers,
+        n_head=cfg.num_attention_heads, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0, layer_norm_epsilon=cfg.layernorm_epsilon, tie_word_embeddings=True)).eval()
+    sd, h, heads = ours.state_dict(), cfg.hidden_size, cfg.num_attention_heads
+
+    def qkv_blocks(t):  # [heads x (q, k, v) x d, ...] -> [(q heads), (k heads), (v heads), ...]
+        return t.view(heads, 3, h // heads, *t.shape[1:]).transpose(0, 1).reshape(3 * h, *t.shape[1:])
+
+    theirs = {"transformer.wte.weight": sd["embed_in.weight"], "transformer.wpe.weight": sd["embed_positions.weight"],
+              "transformer.ln_f.weight": sd["final_layer_norm.weight"], "transformer.ln_f.bias": sd["final_layer_norm.bias"]}
+    for i in range(cfg.num_layers):
+        ours_, hf_ = f"layers.{i}.", f"transformer.h.{i}."
+        for a, b in (("input_layernorm", "ln_1"), ("post_attention_layernorm", "ln_2")):
+            theirs.update({f"{hf_}{b}.{k}": sd[f"{ours_}{a}.{k}"] for k in ("weight", "bias")})
+        linears = {"attention.query_key_value": "attn.c_attn", "attention.dense": "attn.c_proj",
+                   "mlp.dense_h_to_4h": "mlp.c_fc", "mlp.dense_4h_to_h": "mlp.c_proj"}
+        for a, b in linears.items():
+            w, bias = sd[f"{ours_}{a}.weight"], sd[f"{ours_}{a}.bias"]
+            if a == "attention.query_key_value":
+                w, bias = qkv_blocks(w), qkv_blocks(bias)
+            theirs[f"{hf_}{b}.weight"], theirs[f"{hf_}{b}.bias"] = w.t().contiguous(), bias
+    missing, unexpected = hf.load_state_dict(theirs, strict=False)
+    assert not unexpected and all(k == "lm_head.weight" or k.endswith(".attn.bias") for k in missing), missing
+    x = tokens()
+    with torch.no_grad():
+        assert (ours(x) - hf(x).logits).abs().max().item() < 1e-4
+
+
 # ---- KV cache ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("impl", ["sdpa", "reference"])
 @pytest.mark.parametrize("prefill", [1, 5])
-def test_kv_cache_decoding_matches_full_forward(impl, prefill):
-    model = build(small_cfg(attention_impl=impl, rotary_pct=0.25)).eval()
+@pytest.mark.parametrize("pos_emb", ["rotary", "learned"])
+def test_kv_cache_decoding_matches_full_forward(impl, prefill, pos_emb):
+    model = build(small_cfg(attention_impl=impl, rotary_pct=0.25, pos_emb=pos_emb)).eval()
     x = tokens(s=12)
     with torch.no_grad():
         full = model(x)  # [b, s, v]
