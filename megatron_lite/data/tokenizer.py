@@ -115,14 +115,19 @@ def _load_gpt2(vocab_file: Optional[str], merge_file: Optional[str]) -> Tokenize
     from tokenizers.models import BPE
 
     vocab = _check_file(vocab_file, "vocab-file", "a GPT-2 BPE vocab.json")
-    merges = _check_file(merge_file, "merge-file", "a GPT-2 BPE merges.txt")
     try:
         with open(vocab, encoding="utf-8") as f:
-            vocab_map = json.load(f)
-        if not isinstance(vocab_map, dict) or not all(isinstance(v, int) for v in vocab_map.values()):
-            raise ValueError("not a JSON object of token -> id")
+            vocab_map, problem = json.load(f), None
     except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"vocab-file '{vocab}' is not a GPT-2 vocab.json ({_first_line(e)})") from None
+        vocab_map, problem = None, _first_line(e)
+    if isinstance(vocab_map, dict) and "model" in vocab_map:  # a whole tokenizer.json, typed by GPT-NeoX's default
+        raise UserError(f"vocab-file '{vocab}' is a tokenizers tokenizer.json: set tokenizer-type: HFTokenizer "
+                        "(GPT2BPETokenizer, GPT-NeoX's default, reads a vocab.json with a merges.txt)")
+    merges = _check_file(merge_file, "merge-file", "a GPT-2 BPE merges.txt")
+    if problem is None and (not isinstance(vocab_map, dict) or not all(isinstance(v, int) for v in vocab_map.values())):
+        problem = "not a JSON object of token -> id"
+    if problem:
+        raise UserError(f"vocab-file '{vocab}' is not a GPT-2 vocab.json ({problem})")
     try:
         model = BPE.from_file(vocab, merges)
     except Exception as e:
