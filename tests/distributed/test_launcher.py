@@ -118,9 +118,13 @@ def test_one_process_per_visible_gpu_unless_told(monkeypatch):
     """As GPT-NeoX's launcher: every visible GPU when neither num-gpus nor num-procs is given; 1 on a CPU."""
     import torch
 
+    monkeypatch.setattr(launcher.glob, "glob", lambda pattern: [f"/dev/nvidia{i}" for i in range(8)])
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     assert launcher.world_size(ParallelConfig()) == 8
     assert "--nproc-per-node=8" in launcher.commands(ParallelConfig(), "train.py", [])[0]
     assert launcher.world_size(ParallelConfig(num_procs=2)) == 2 and launcher.world_size(ParallelConfig(num_gpus=4)) == 4
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert launcher.world_size(ParallelConfig()) == 1
+    monkeypatch.setattr(launcher.glob, "glob", lambda pattern: [])  # no GPU device nodes: torch is not asked
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1 / 0)
     assert launcher.world_size(ParallelConfig()) == 1

@@ -59,8 +59,9 @@ def test_zero_in_bf16_trains_like_plain_data_parallel_in_bf16(micro_config, tmp_
     assert zero[-1]["loss"] < zero[0]["loss"]
 
 
-# Stage 3 (parameters partitioned too) in the default suite; stages 1 and 2 resume the same way (make test-all).
-@pytest.mark.parametrize("stage", [pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow), 3])
+# In the default suite, the fp16 test below resumes ZeRO-3 (and without ZeRO) and the tp2 x dp2 test ZeRO-1.
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 2, 3])
 def test_zero_resumes_exactly_and_its_checkpoint_resumes_without_zero(micro_config, tmp_path, monkeypatch, stage,
                                                                       torch_extensions_dir):
     """Stop at step 2 and resume: steps 3-4 as in the uninterrupted run. The optimizer state is gathered from
@@ -100,12 +101,14 @@ FP16 = ("--precision", "fp16", "--fp16", "{enabled: true, initial_scale_power: 2
         "--train-iters", "8")
 
 
-@pytest.mark.parametrize("stage", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("stage", [pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow), 3])
 def test_zero_in_fp16_skips_overflows_scales_and_resumes_like_plain_data_parallel(micro_config, tmp_path, monkeypatch,
                                                                                    stage, torch_extensions_dir):
     """fp16 autocast with dynamic loss scaling under ZeRO (DeepSpeed's fp32 partitions, our scale): from 2**24 the
     first steps overflow and are skipped, the scale halves and later grows; every step's loss, scale and gradient
-    norm equal plain data parallel's in fp16, and a run stopped at step 4 and resumed continues the same way."""
+    norm equal plain data parallel's in fp16, and a run stopped at step 4 and resumed continues the same way.
+    Its step-4 checkpoint (optimizer state gathered from the partitions, loss scaler) also continues without
+    ZeRO."""
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", torch_extensions_dir)
     plain = train(micro_config, tmp_path / "plain", *FP16)
     skipped = [not math.isfinite(r["grad_norm"]) for r in plain]
@@ -113,7 +116,13 @@ def test_zero_in_fp16_skips_overflows_scales_and_resumes_like_plain_data_paralle
     assert len({r["loss_scale"] for r in plain}) >= 3  # halved and grown again
     zero = ("--zero-optimization", f"{{stage: {stage}}}", *FP16)
     train(micro_config, tmp_path / "zero", *zero, "--exit-interval", "4")
+    shutil.copytree(tmp_path / "zero", tmp_path / "alone")
     resumed = train(micro_config, tmp_path / "zero", *zero, "--load", str(tmp_path / "zero"))
+    # Without ZeRO, at the same micro batches (the loss scale per micro batch, scale / accumulation, decides what
+    # overflows in fp16)
+    alone = train(micro_config, tmp_path / "alone", *FP16, "--load", str(tmp_path / "alone"))
+    for ours, ref in zip(alone[4:], plain[4:]):
+        assert ours["loss_scale"] == ref["loss_scale"] and ours["loss"] == pytest.approx(ref["loss"], rel=1e-5)
     assert [r["iteration"] for r in resumed] == list(range(1, 9))  # steps 1-4, then 5-8 after the resume
     for ours, ref in zip(resumed, plain):
         assert ours["loss_scale"] == ref["loss_scale"], ours["iteration"]
