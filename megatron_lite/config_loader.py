@@ -17,7 +17,8 @@ import yaml
 
 from megatron_lite.config import SECTIONS, Config, ParallelConfig
 from megatron_lite.errors import UserError, warn_once
-from megatron_lite.neox_keys import ALIASES, DIFFERENT_DEFAULTS, NO_EFFECT, UNSUPPORTED
+from megatron_lite.neox_keys import (ALIASES, DIFFERENT_DEFAULTS, NO_EFFECT, UNSUPPORTED, ZERO_NO_EFFECT, ZERO_PASSED,
+                                     ZERO_REFUSED)
 
 CLI = "the command line"
 
@@ -27,31 +28,6 @@ OPTIMIZER_PARAMS = {"lr": "lr", "betas": "betas", "eps": "eps", "weight_decay": 
 FP16_PARAMS = ("loss_scale", "initial_scale_power", "loss_scale_window", "hysteresis", "min_loss_scale",
                "consecutive_hysteresis")
 NESTED_KEYS = ("optimizer", "fp16", "bf16", "zero_optimization")
-
-# zero_optimization keys (DeepSpeed 0.19's DeepSpeedZeroConfig and its aliases).
-ZERO_PASSED = {
-    "allgather_partitions", "allgather_bucket_size", "reduce_scatter", "reduce_bucket_size", "overlap_comm",
-    "contiguous_gradients", "round_robin_gradients", "use_multi_rank_bucket_allreduce", "ignore_unused_parameters",
-    "offload_optimizer", "offload_param", "cpu_offload_param", "cpu_offload_use_pin_memory", "sub_group_size",
-    "prefetch_bucket_size", "param_persistence_threshold", "model_persistence_threshold", "max_live_parameters",
-    "max_reuse_distance", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold",
-    "stage3_model_persistence_threshold", "stage3_max_live_parameters", "stage3_max_reuse_distance",
-    "module_granularity_threshold", "stage3_module_granularity_threshold", "use_all_reduce_for_fetch_params",
-    "stage3_use_all_reduce_for_fetch_params", "allgather_sequential", "stage3_allgather_sequential",
-    "parameter_alignment", "zero_hpz_partition_size", "zero_quantized_weights", "zero_quantized_nontrainable_weights",
-    "zero_quantized_gradients", "memory_efficient_linear", "override_module_apply", "leaf_module",
-    "enable_sanity_checks",
-}
-ZERO_NO_EFFECT = {
-    name: "checkpoints are always saved whole, in our own format" for name in (
-        "elastic_checkpoint", "load_from_fp32_weights", "gather_16bit_weights_on_model_save",
-        "stage3_gather_16bit_weights_on_model_save", "stage3_gather_fp16_weights_on_model_save",
-        "pipeline_loading_checkpoint", "save_muon_momentum_buffer_in_memory")
-} | {"legacy_stage1": "removed from DeepSpeed", "log_trace_cache_warnings": "a DeepSpeed debugging aid"}
-ZERO_REFUSED = {
-    "compute_grad_norm": "the gradient norm is always computed (it is logged, and decides fp16 overflow)",
-    "zenflow": "ZenFlow replaces the optimizer step; train with offload_optimizer instead",
-}
 
 DEEPSPEED_INSTALL = "pip install deepspeed==0.19.8 (the version the 'deepspeed' extra pins)"
 WANDB_INSTALL = "pip install wandb (the 'wandb' extra)"
@@ -433,6 +409,8 @@ def _derive_and_validate(cfg, raw, env, training=True):
         raise UserError(f"{where('betas')}: expected two numbers in [0, 1), got {o.betas}")
     if o.gradient_clipping < 0:
         raise UserError(f"{where('gradient_clipping')}: must be >= 0, got {o.gradient_clipping}")
+    if o.lr_decay_fraction is not None and not 0.0 < o.lr_decay_fraction <= 1.0:
+        raise UserError(f"{where('lr_decay_fraction')}: a fraction in (0, 1] is expected, got {o.lr_decay_fraction}")
     if o.lr_decay_iters is None:  # GPT-NeoX: lr-decay-iters, else floor(train-iters x lr-decay-fraction)
         o.lr_decay_iters = max(1, math.floor(t.train_iters * o.lr_decay_fraction)) if o.lr_decay_fraction \
             else t.train_iters

@@ -1,7 +1,9 @@
-"""GPT-NeoX keys we do not implement as fields: each is accepted with one warning, an alias, or refused.
+"""GPT-NeoX and DeepSpeed keys that are not config fields of ours: each is an alias, accepted with one warning,
+passed on to DeepSpeed, or refused.
 
-Every key of GPT-NeoX's NeoXArgs (today's and the PolyCoder fork's) is either a config field of ours, or in one of
-the tables below; tests/data/neox_args_keys.tsv lists them all and a test keeps the two in step.
+Every key of GPT-NeoX's NeoXArgs (today's and the PolyCoder fork's) is either a config field of ours or in one of
+these tables; tests/data/neox_args_keys.tsv lists them all and a test keeps the two in step (another does the same
+for DeepSpeed's zero_optimization keys).
 """
 
 # Keys that only tune GPT-NeoX's or DeepSpeed's own machinery (launch, logging, profiling, kernels, memory layout):
@@ -141,4 +143,29 @@ DIFFERENT_DEFAULTS = {
     "log_interval": "GPT-NeoX's fork leaves it unset (today's: 100)",
     "sample_output_file": "generate.py prints samples unless a file is named (GPT-NeoX writes samples.txt)",
     **dict.fromkeys(("world_size", "zero_stage"), "derived: from the launcher's process count, from zero_optimization"),
+}
+
+# zero_optimization keys (DeepSpeed 0.19's DeepSpeedZeroConfig and its aliases).
+ZERO_PASSED = {
+    "allgather_partitions", "allgather_bucket_size", "reduce_scatter", "reduce_bucket_size", "overlap_comm",
+    "contiguous_gradients", "round_robin_gradients", "use_multi_rank_bucket_allreduce", "ignore_unused_parameters",
+    "offload_optimizer", "offload_param", "cpu_offload_param", "cpu_offload_use_pin_memory", "sub_group_size",
+    "prefetch_bucket_size", "param_persistence_threshold", "model_persistence_threshold", "max_live_parameters",
+    "max_reuse_distance", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold",
+    "stage3_model_persistence_threshold", "stage3_max_live_parameters", "stage3_max_reuse_distance",
+    "module_granularity_threshold", "stage3_module_granularity_threshold", "use_all_reduce_for_fetch_params",
+    "stage3_use_all_reduce_for_fetch_params", "allgather_sequential", "stage3_allgather_sequential",
+    "parameter_alignment", "zero_hpz_partition_size", "zero_quantized_weights", "zero_quantized_nontrainable_weights",
+    "zero_quantized_gradients", "memory_efficient_linear", "override_module_apply", "leaf_module",
+    "enable_sanity_checks",
+}
+ZERO_NO_EFFECT = {
+    name: "checkpoints are always saved whole, in our own format" for name in (
+        "elastic_checkpoint", "load_from_fp32_weights", "gather_16bit_weights_on_model_save",
+        "stage3_gather_16bit_weights_on_model_save", "stage3_gather_fp16_weights_on_model_save",
+        "pipeline_loading_checkpoint", "save_muon_momentum_buffer_in_memory")
+} | {"legacy_stage1": "removed from DeepSpeed", "log_trace_cache_warnings": "a DeepSpeed debugging aid"}
+ZERO_REFUSED = {
+    "compute_grad_norm": "the gradient norm is always computed (it is logged, and decides fp16 overflow)",
+    "zenflow": "ZenFlow replaces the optimizer step; train with offload_optimizer instead",
 }

@@ -27,18 +27,19 @@ def train(config, out, *args, expect=None):
 def test_zero_stages_and_offload_match_plain_data_parallel(micro_config, tmp_path, monkeypatch, torch_extensions_dir):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", torch_extensions_dir)
     plain = train(micro_config, tmp_path / "plain")
-    # Stages 1 and 2 with ZeRO-Offload (optimizer state and step on the CPU), in GPT-NeoX's and DeepSpeed's spelling.
+    # Stages 1 and 2 with ZeRO-Offload (optimizer state and step on the CPU), in GPT-NeoX's and DeepSpeed's spelling;
+    # stage 3 is compared with plain data parallel in the fp16 test below.
     sections = {1: "{stage: 1, cpu_offload: true, overlap_comm: true, reduce_bucket_size: 500000000}",
-                2: "{stage: 2, offload_optimizer: {device: cpu}, contiguous_gradients: true}", 3: "{stage: 3}"}
+                2: "{stage: 2, offload_optimizer: {device: cpu}, contiguous_gradients: true}"}
     for stage, section in sections.items():
         zero = train(micro_config, tmp_path / f"zero{stage}", "--zero-optimization", section,
-                     expect=f"ZeRO stage {stage} over 2 data-parallel ranks (DeepSpeed)"
-                     + (", optimizer state and step offloaded to cpu" if stage < 3 else "\n"))
+                     expect=f"ZeRO stage {stage} over 2 data-parallel ranks (DeepSpeed), optimizer state and step "
+                            "offloaded to cpu")
         for ours, ref in zip(zero, plain):
             assert ours["loss"] == pytest.approx(ref["loss"], rel=1e-5), (stage, ours["iteration"])
             assert ours["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4), (stage, ours["iteration"])
         assert len(zero) == 3 and zero[-1]["val_loss"] == pytest.approx(plain[-1]["val_loss"], rel=1e-5)
-        # The checkpoint holds whole weights (ZeRO-3 gathers its partitions), equal to plain data parallel's.
+        # The checkpoint holds whole weights, equal to plain data parallel's.
         ours, ref = (load_file(tmp_path / d / "global_step3" / "model_mp_rank_00.safetensors")
                      for d in (f"zero{stage}", "plain"))
         for name, tensor in ref.items():

@@ -210,7 +210,7 @@ def test_our_zero_keys_are_deepspeeds():
     """The zero_optimization keys we pass or ignore are all DeepSpeed's (so an upgrade cannot drift silently)."""
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
-    from megatron_lite.config_loader import ZERO_NO_EFFECT, ZERO_PASSED, ZERO_REFUSED
+    from megatron_lite.neox_keys import ZERO_NO_EFFECT, ZERO_PASSED, ZERO_REFUSED
 
     theirs = {name for n, f in DeepSpeedZeroConfig.model_fields.items() for name in (n, f.alias) if name}
     assert ZERO_PASSED | set(ZERO_NO_EFFECT) | set(ZERO_REFUSED) | {"stage", "cpu_offload"} == theirs
