@@ -89,7 +89,8 @@ def model_fields(config: dict, source: str) -> dict:
     return {
         "num_layers": need("num_hidden_layers"), "hidden_size": hidden,
         "num_attention_heads": need("num_attention_heads"), "max_position_embeddings": max_pos,
-        "rotary_pct": float(rope.get("partial_rotary_factor", config.get("rotary_pct", 1.0))),
+        # transformers' GPTNeoXConfig default when config.json names neither (0.25, not GPT-NeoX's 1.0)
+        "rotary_pct": float(rope.get("partial_rotary_factor", config.get("rotary_pct", 0.25))),
         "rotary_emb_base": int(theta), "layernorm_epsilon": float(config.get("layer_norm_eps", 1e-5)),
         "gpt_j_residual": bool(config.get("use_parallel_residual", True)),
         "no_weight_tying": not config.get("tie_word_embeddings", False),

@@ -12,7 +12,7 @@ from megatron_lite.config import DataConfig, GenerateConfig, ModelConfig
 from megatron_lite.data.tokenizer import build_tokenizer, save_tokenizer, train_byte_level_bpe
 from megatron_lite.errors import UserError
 from megatron_lite.generation.engine import TextGenerator
-from megatron_lite.interop.hf import load_hf_dir, save_hf_dir
+from megatron_lite.interop.hf import load_hf_dir, model_fields, save_hf_dir
 from megatron_lite.model.gpt import GPTModel
 from megatron_lite.training.checkpoint import load_state_checked
 from tests.conftest import tiny_model_config
@@ -123,6 +123,14 @@ def test_import_of_transformers_model_gives_same_logits(tmp_path, tokenizer_dir,
     with torch.no_grad():
         diff = (hf(x).logits - ours(x)).abs().max().item()
     assert diff < 1e-4
+
+
+def test_a_silent_config_json_gets_the_rotary_width_transformers_gives_it():
+    """A config.json naming neither rotary_pct nor partial_rotary_factor: transformers' GPTNeoXConfig default."""
+    minimal = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 32,
+               "vocab_size": 128}
+    theirs = transformers.GPTNeoXConfig(**minimal).rope_parameters["partial_rotary_factor"]
+    assert model_fields({"model_type": "gpt_neox", **minimal}, "config.json")["rotary_pct"] == theirs == 0.25
 
 
 def test_unsupported_or_broken_directories_are_clear_errors(tmp_path, tokenizer_dir):
