@@ -21,8 +21,8 @@ KERNEL_MAX_ROWS = {torch.float32: 8, torch.bfloat16: 4}
 def supports(model) -> bool:
     """The fast step covers the plain (single-process) GPTModel with dense attention and rotary positions;
     anything else decodes through the model's own forward."""
-    return type(model) is GPTModel and model.cfg.pos_emb == "rotary" and all(type(layer.attention.query_key_value) is torch.nn.Linear
-                                           for layer in model.layers)
+    return type(model) is GPTModel and model.cfg.pos_emb == "rotary" and all(
+        type(layer.attention.query_key_value) is torch.nn.Linear for layer in model.layers)
 
 
 class FastDecoder:

@@ -34,8 +34,7 @@ from megatron_lite.training.memory import check_fits
 from megatron_lite.training.metrics import Throughput, peak_tflops
 from megatron_lite.training.optim import build_optimizer, clip_grad_norm
 from megatron_lite.training.time_budget import planned_iterations, seconds_per_step
-from megatron_lite.training.wandb_logger import WandbLogger
-from megatron_lite.training.wandb_logger import wanted as wandb_wanted
+from megatron_lite.training.wandb_logger import WandbLogger, wandb_wanted
 
 # Keys whose change on resume re-shapes the learning-rate schedule mid-run.
 SCHEDULE_KEYS = {"train_iters", "lr", "min_lr", "lr_decay_style", "lr_decay_iters", "warmup", "warmup_iters",
@@ -313,8 +312,8 @@ class Trainer:
             f"{cfg.model.hidden_size} hidden x {cfg.model.num_attention_heads} heads, vocab "
             f"{cfg.model.padded_vocab_size}; {self.precision} on {self.device}; global batch "
             f"{t.train_batch_size} x {cfg.model.seq_length} tokens; MFU per device vs "
-            f"{self.throughput.peak:.2f} TFLOP/s ({self.peak_source}); {self.par.world_size} process(es): tensor parallel {self.par.tp_size} x data "
-            f"parallel {self.par.dp_size}"
+            f"{self.throughput.peak:.2f} TFLOP/s ({self.peak_source}); {self.par.world_size} process(es): tensor "
+            f"parallel {self.par.tp_size} x data parallel {self.par.dp_size}"
         )
         bar = tqdm(total=self.train_iters, initial=self.state.iteration, desc="train", unit="it",
                    dynamic_ncols=True, disable=None if self.is_main else True)

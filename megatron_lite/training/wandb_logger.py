@@ -17,7 +17,7 @@ def has_api_key(host: str) -> bool:
         return False
 
 
-def wanted(log: LogConfig) -> bool:
+def wandb_wanted(log: LogConfig) -> bool:
     """use_wandb as given; unset, on when wandb is installed and an API key is configured (as GPT-NeoX)."""
     if log.use_wandb is not None:
         return log.use_wandb

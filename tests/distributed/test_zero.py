@@ -98,8 +98,8 @@ def test_zero_with_tensor_parallelism_resumes_and_matches_plain_tp2_dp2(micro_co
         assert ours["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4), ours["iteration"]
 
 
-FP16 = ("--precision", "fp16", "--fp16", "{enabled: true, initial_scale_power: 24, hysteresis: 2, loss_scale_window: 3}",
-        "--train-iters", "8")
+FP16 = ("--precision", "fp16", "--train-iters", "8",
+        "--fp16", "{enabled: true, initial_scale_power: 24, hysteresis: 2, loss_scale_window: 3}")
 
 
 @pytest.mark.parametrize("stage", [pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow), 3])

@@ -77,7 +77,8 @@ def test_reshard_tool_keeps_weights_and_a_sentencepiece_tokenizer(tmp_path):
     """Converted checkpoints carry their tokenizer: sentencepiece as tokenizer.model (to-hf refuses it clearly)."""
     train_sentencepiece([inspect.getsource(torch.nn.modules.module)], 500, str(tmp_path / "spm"))
     cfg = load_config([], ["--train-micro-batch-size-per-gpu", "1", "--tokenizer-type", "SPMTokenizer",
-                           "--vocab-file", str(tmp_path / "spm" / "tokenizer.model"), "--hidden-size", "32", "--pos-emb", "rotary",
+                           "--vocab-file", str(tmp_path / "spm" / "tokenizer.model"), "--hidden-size", "32",
+                           "--pos-emb", "rotary",
                            "--padded-vocab-size", "512", "--max-position-embeddings", "16",
                            "--seq-length", "16"])
     torch.manual_seed(0)

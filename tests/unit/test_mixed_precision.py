@@ -64,7 +64,8 @@ def test_fp16_training_on_the_tiny_config_does_not_diverge(tmp_path, small_corpu
     config = tmp_path / "tiny_fp16.yml"
     config.write_text(text.replace("precision: auto", "fp16: {enabled: true, loss_scale: 0, "
                                    "initial_scale_power: 16, hysteresis: 2, loss_scale_window: 10}"))
-    cfg = load_config([str(config)], ["--data-path", small_corpus["prefix"], "--tokenizer-type", "HFTokenizer", "--vocab-file",
+    cfg = load_config([str(config)], ["--data-path", small_corpus["prefix"], "--tokenizer-type", "HFTokenizer",
+                                      "--vocab-file",
                                       str(small_corpus["tokenizer"]), "--train-iters", "40", "--seq-length", "64",
                                       "--hidden-size", "128", "--num-layers", "2",
                                       "--train-micro-batch-size-per-gpu", "4", "--save-interval", "1000"])

@@ -167,7 +167,8 @@ def test_gpt_neox_defaults_are_gpt2_and_match_hugging_face_gpt2():
         return t.view(heads, 3, h // heads, *t.shape[1:]).transpose(0, 1).reshape(3 * h, *t.shape[1:])
 
     theirs = {"transformer.wte.weight": sd["embed_in.weight"], "transformer.wpe.weight": sd["embed_positions.weight"],
-              "transformer.ln_f.weight": sd["final_layer_norm.weight"], "transformer.ln_f.bias": sd["final_layer_norm.bias"]}
+              "transformer.ln_f.weight": sd["final_layer_norm.weight"],
+              "transformer.ln_f.bias": sd["final_layer_norm.bias"]}
     for i in range(cfg.num_layers):
         ours_, hf_ = f"layers.{i}.", f"transformer.h.{i}."
         for a, b in (("input_layernorm", "ln_1"), ("post_attention_layernorm", "ln_2")):

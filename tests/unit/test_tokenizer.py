@@ -119,7 +119,7 @@ def test_load_errors_name_the_file_and_key(trained, tmp_path):
         build_tokenizer("GPT2BPETokenizer", os.path.join(trained, "vocab.json"), str(tmp_path / "missing.txt"))
     with pytest.raises(UserError, match="merge-file .*tokenizer.json.* is not a GPT-2 merges.txt"):
         build_tokenizer("GPT2BPETokenizer", os.path.join(trained, "vocab.json"), os.path.join(trained, "tokenizer.json"))
-    with pytest.raises(UserError, match="tokenizer.json' is a tokenizers tokenizer.json: set tokenizer-type: HFTokenizer"):
+    with pytest.raises(UserError, match="is a tokenizers tokenizer.json: set tokenizer-type: HFTokenizer"):
         build_tokenizer("GPT2BPETokenizer", os.path.join(trained, "tokenizer.json"), None)  # GPT-NeoX's default type
     with pytest.raises(UserError, match="vocab-file .* is not a GPT-2 vocab.json"):
         build_tokenizer("GPT2BPETokenizer", os.path.join(trained, "merges.txt"), os.path.join(trained, "merges.txt"))
