@@ -10,6 +10,10 @@ import pytest
 
 from megatron_lite.config import ModelConfig
 
+# use_wandb left unset is on where an API key is configured (as GPT-NeoX): tests never log online. The W&B tests
+# set WANDB_MODE=offline for themselves.
+os.environ["WANDB_MODE"] = "disabled"
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STDLIB = sysconfig.get_paths()["stdlib"]
 
