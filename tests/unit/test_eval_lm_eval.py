@@ -1,14 +1,11 @@
 """The lm-eval adapter's scorer against plain references; registration with the harness (lm-eval is a test extra)."""
 
-import contextlib
-
 import pytest
 import torch
 
 from megatron_lite.config import ModelConfig
 from megatron_lite.data.tokenizer import Tokenizer, train_byte_level_bpe
 from megatron_lite.evaluation.lm_eval_adapter import Scorer
-from megatron_lite.evaluation.perplexity import score_files
 from megatron_lite.model.gpt import GPTModel
 from tests.conftest import tiny_model_config
 
@@ -56,16 +53,6 @@ def test_greedy_flag_marks_exactly_the_argmax_token(scorer):
             assert scorer.loglikelihood([(context, text)])[0][1] is expected, (context, text)
             checked.add(expected)
     assert checked == {True, False}
-
-
-def test_rolling_loglikelihood_is_minus_the_perplexity_nll(scorer, tmp_path):
-    text = "".join(TEXTS)  # longer than one window
-    path = tmp_path / "a.py"
-    path.write_text(text)
-    (nll, tokens, _), = score_files(scorer.model, scorer.tokenizer, [(str(path), "Python")], 16, 16, 4,
-                                    torch.device("cpu"), contextlib.nullcontext)
-    assert tokens > 16
-    assert scorer.loglikelihood_rolling([text]) == pytest.approx([-nll], rel=1e-9)
 
 
 def test_generation_stops_at_until(scorer):
