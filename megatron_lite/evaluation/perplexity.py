@@ -1,5 +1,6 @@
 """Perplexity: over a dataset split, and per language over whole source files scored with rolling windows."""
 
+import functools
 import math
 from collections import defaultdict
 from typing import List, Tuple
@@ -8,6 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from pygments.lexers import get_lexer_by_name
 from tqdm import tqdm
 
 from megatron_lite.data.languages import LANGUAGES
@@ -68,19 +70,34 @@ def window_nll(model, inputs: torch.Tensor, targets: torch.Tensor, autocast_ctx,
     return torch.zeros(inputs.size(0), dtype=torch.float64, device=logits.device).index_add_(0, rows, nll)
 
 
+@functools.lru_cache(maxsize=None)
+def _lexer(language: str):
+    return get_lexer_by_name(language.lower())  # as the PolyCoder fork: its LANG_NAME lower-cased, default options
+
+
+def pygments_tokens(text: str, language: str) -> int:
+    """The PolyCoder fork's 'words' of a file: its Pygments tokens, whitespace tokens included, from the language's
+    lexer with default options (leading and trailing newlines stripped, one newline ensured at the end)."""
+    return len(list(_lexer(language).get_tokens(text)))
+
+
 def score_files(model, tokenizer, files: List[Tuple[str, str]], context: int, stride: int, batch_size: int, device,
                 autocast_ctx, rank: int = 0, world_size: int = 1) -> np.ndarray:
-    """[files, 3] (nll nats, tokens, bytes) per file; this rank scores every world_size-th file, the rest stay 0."""
+    """[files, 4] (nll nats, tokens, bytes, Pygments tokens) per file; this rank scores every world_size-th file,
+    the rest stay 0. A file of whitespace only is skipped (all 0), as the PolyCoder fork's harness skips it."""
     if not 0 < stride <= context:
         raise UserError(f"eval-stride {stride} must be between 1 and the context length {context}")
     model.eval()
-    table = np.zeros((len(files), 3), dtype=np.float64)
+    table = np.zeros((len(files), 4), dtype=np.float64)
     windows = []  # (file index, token ids with a leading eod, start, end, scored)
     for index in range(rank, len(files), world_size):
         with open(files[index][0], "rb") as f:
             raw = f.read()
-        ids = [tokenizer.eod] + tokenizer.encode(raw.decode("utf-8", errors="replace"))
-        table[index, 1:] = (len(ids) - 1, len(raw))
+        text = raw.decode("utf-8", errors="replace")
+        if not text.strip():
+            continue
+        ids = [tokenizer.eod] + tokenizer.encode(text)
+        table[index, 1:] = (len(ids) - 1, len(raw), pygments_tokens(text, files[index][1]))
         windows += [(index, ids, *w) for w in rolling_windows(len(ids) - 1, context, stride)]
     for i in tqdm(range(0, len(windows), batch_size), desc=f"perplexity (rank {rank})", unit="batch", disable=None):
         batch = windows[i:i + batch_size]
@@ -102,19 +119,22 @@ def score_files(model, tokenizer, files: List[Tuple[str, str]], context: int, st
 
 
 def summarize(files: List[Tuple[str, str]], table: np.ndarray) -> dict:
-    """Per language and overall: files, tokens, bytes, loss (nats/token), token perplexity, bits per byte."""
-    sums = defaultdict(lambda: np.zeros(3))
+    """Per language and overall, summed over the scored files: loss (nats/token), token perplexity, bits per byte,
+    byte perplexity and word perplexity over Pygments tokens (the last two as the PolyCoder fork computes them:
+    exp of the summed negative log-likelihood over the summed bytes or Pygments tokens)."""
+    sums = defaultdict(lambda: np.zeros(4))
     counts = defaultdict(int)
     for (_, language), row in zip(files, table):
         sums[language] += row
-        counts[language] += 1
-    sums["overall"], counts["overall"] = table.sum(0), len(files)
+        counts[language] += row[1] > 0  # skipped (whitespace-only) files are not counted
+    sums["overall"], counts["overall"] = table.sum(0), int((table[:, 1] > 0).sum())
 
     def stats(name):
-        nll, tokens, size = sums[name]
+        nll, tokens, size, words = sums[name]
         loss = nll / max(tokens, 1)
-        return {"files": counts[name], "tokens": int(tokens), "bytes": int(size), "loss": loss,
-                "perplexity": math.exp(loss), "bits_per_byte": nll / math.log(2) / max(size, 1)}
+        return {"files": int(counts[name]), "tokens": int(tokens), "bytes": int(size), "pygments_tokens": int(words),
+                "loss": loss, "perplexity": math.exp(loss), "bits_per_byte": nll / math.log(2) / max(size, 1),
+                "byte_perplexity": math.exp(nll / max(size, 1)), "word_perplexity": math.exp(nll / max(words, 1))}
 
     order = [name for name in LANGUAGES if name in sums] + ["overall"]
     return {name: stats(name) for name in order}

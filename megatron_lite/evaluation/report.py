@@ -47,31 +47,37 @@ def merge_into_json(path: str, results: dict) -> str:
     return write_json(path, {**(merged if isinstance(merged, dict) else {}), **results})
 
 
+# (summary key, label): the PolyCoder table's unit first (Pygments tokens: independent of the model's tokenizer).
+METRICS = (("word_perplexity", "perplexity per Pygments token"), ("byte_perplexity", "byte perplexity"),
+           ("bits_per_byte", "bits per byte"), ("perplexity", "token perplexity"))
+
+
 def markdown_table(summary: Dict[str, dict]) -> str:
-    """Per-language perplexity as a markdown table (the overall row last)."""
-    lines = ["| language | files | tokens | bytes | perplexity | bits/byte |", "|---|---:|---:|---:|---:|---:|"]
+    """Per-language metrics as a markdown table (the overall row last)."""
+    lines = ["| language | files | tokens | Pygments tokens | bytes | " + " | ".join(label for _, label in METRICS) + " |",
+             "|---|" + "---:|" * (4 + len(METRICS))]
     for name, s in summary.items():
         label = f"**{name}**" if name == "overall" else name
-        lines.append(f"| {label} | {s['files']} | {s['tokens']} | {s['bytes']} | {s['perplexity']:.3f} | "
-                     f"{s['bits_per_byte']:.3f} |")
+        values = " | ".join(f"{s[key]:.4f}" for key, _ in METRICS)
+        lines.append(f"| {label} | {s['files']} | {s['tokens']} | {s['pygments_tokens']} | {s['bytes']} | {values} |")
     return "\n".join(lines) + "\n"
 
 
 def bar_chart(path: str, summary: Dict[str, dict], title: str) -> str:
-    """A PNG bar chart of perplexity per language."""
+    """A PNG of bar charts per language, one panel per metric."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(summary)
-    values = [summary[n]["perplexity"] for n in names]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1 + 0.8 * len(names)), 4))
-    bars = ax.bar(names, values, color=["#4c72b0"] * (len(names) - 1) + ["#dd8452"])
-    ax.bar_label(bars, fmt="%.2f", fontsize=8)
-    ax.set_ylabel("token perplexity")
-    ax.set_title(title, fontsize=9)
-    ax.tick_params(axis="x", rotation=45)
+    fig, axes = plt.subplots(2, 2, figsize=(max(8.0, 2 + 1.2 * len(names)), 7))
+    for ax, (key, label) in zip(axes.flat, METRICS):
+        bars = ax.bar(names, [summary[n][key] for n in names], color=["#4c72b0"] * (len(names) - 1) + ["#dd8452"])
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        ax.set_ylabel(label)
+        ax.tick_params(axis="x", rotation=45)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
 
     def write(tmp):

@@ -1,6 +1,7 @@
 """eval.py from the command line: perplexity per language (one and two ranks), HumanEval, bad input."""
 
 import json
+import math
 import os
 import re
 import shutil
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import sysconfig
 
+import pygments.lexers
 import pytest
 
 from megatron_lite.evaluation.humaneval import load_problems
@@ -86,7 +88,8 @@ def test_each_file_log_likelihood_equals_lm_eval_harness_on_the_exported_model(t
     """Independent check of eval.py's numbers: the trained model exported with convert_checkpoint.py to-hf and
     scored by lm-eval-harness's own Hugging Face model class (loglikelihood_rolling: end-of-text as the first
     token's context, disjoint windows of max_length, the last one back-filled) gives each file the log-likelihood
-    eval.py gives it (one file per language, fp32, windows of the model's 64 positions)."""
+    eval.py gives it in its PolyCoder-compatible mode (one file per language, fp32, windows of the model's 64
+    positions), and the PolyCoder fork's perplexity per Pygments token follows from it."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
@@ -96,7 +99,7 @@ def test_each_file_log_likelihood_equals_lm_eval_harness_on_the_exported_model(t
     files = {"Python": tmp_path / "langs" / "Python" / "textwrap.py", "C": tmp_path / "langs" / "C" / "add.c",
              "Go": tmp_path / "langs" / "Go" / "main.go"}
     run_tool("deepy.py", "eval.py", config, "--load", ckpt, "--eval-files", ",".join(map(str, files.values())),
-             "--eval-context-length", "64", "--eval-batch-size", "8", "--eval-results-prefix", str(tmp_path / "run"),
+             "--eval-polycoder-compat", "true", "--eval-batch-size", "8", "--eval-results-prefix", str(tmp_path / "run"),
              "--precision", "fp32")
     ours = json.load(open(tmp_path / "run_perplexity.json"))
     harness = HFLM(pretrained=str(tmp_path / "hf"), device="cpu", dtype="float32", batch_size=1, max_length=64)
@@ -104,8 +107,10 @@ def test_each_file_log_likelihood_equals_lm_eval_harness_on_the_exported_model(t
     theirs = harness.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), i)
                                             for i, text in enumerate(texts)])
     assert ours["Python"]["tokens"] > 10 * 64  # many windows, the last one back-filled
-    for language, value in zip(files, theirs):
+    for language, value, text in zip(files, theirs, texts):
         assert -ours[language]["loss"] * ours[language]["tokens"] == pytest.approx(value, rel=1e-5), language
+        words = len(list(pygments.lexers.get_lexer_by_name(language.lower()).get_tokens(text)))  # the fork's count
+        assert ours[language]["word_perplexity"] == pytest.approx(math.exp(-value / words), rel=1e-5), language
 
 
 def test_humaneval_of_given_completions(tmp_path):
@@ -207,5 +212,6 @@ metric_list:
     theirs = float(re.search(r"bits_per_byte\s*\|\S*\s*\|\s*([0-9.]+)", proc.stdout).group(1))
     out = run_tool("deepy.py", "eval.py", config, "--load", ckpt, "--eval-data-dir", str(tmp_path / "files"),
                    "--eval-context-length", "64").stdout
-    ours = float(re.search(r"overall perplexity \S+ \(([0-9.]+) bits/byte", out).group(1))
+    ours = float(re.search(r"overall perplexity \S+ per token, \S+ per Pygments token \(([0-9.]+) bits/byte",
+                           out).group(1))
     assert theirs == pytest.approx(ours, abs=2e-3)  # both printed rounded

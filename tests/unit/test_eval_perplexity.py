@@ -6,6 +6,7 @@ import math
 import os
 import sysconfig
 
+import pygments.lexers
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,7 @@ SOURCES = {  # a few files per language, real code where this machine has it
     "Python": ["json/__init__.py", "json/decoder.py", "textwrap.py"],
     "C": ["int main(void) {\n    return 0;\n}\n", "#include <stdio.h>\nvoid f(int x) { printf(\"%d\", x); }\n"],
     "Rust": ["fn main() {\n    println!(\"hi\");\n}\n"],
-    "Go": ["package main\n\nfunc main() {}\n", "package x\n// empty\n"],
+    "Go": ["package main\n\nfunc main() {}\n", "package x\n// empty\n", " \n\t\n"],  # the last: whitespace only
 }
 SUFFIX = {"Python": ".py", "C": ".c", "Rust": ".rs", "Go": ".go"}
 
@@ -81,7 +82,11 @@ def test_batched_scoring_matches_one_forward_per_token(tree, tokenizer):
     files = find_eval_files(str(tree), [], ["C", "Go", "Rust"])
     context, stride = 12, 5
     table = score(model, tokenizer, files, context, stride)
-    for (path, _), (nll, tokens, size) in zip(files, table):
+    for (path, _), row in zip(files, table):
+        nll, tokens, size, _ = row
+        if not open(path).read().strip():
+            assert not row.any()  # whitespace only: skipped
+            continue
         ids = [tokenizer.eod] + tokenizer.encode(open(path).read())
         expected = 0.0
         for start, end, k in rolling_windows(len(ids) - 1, context, stride):
@@ -100,7 +105,16 @@ def test_uniform_logits_score_exactly_the_vocabulary_size_per_language(tree, tok
     for name, s in summary.items():
         assert s["perplexity"] == pytest.approx(vocab, rel=1e-12), name
         assert s["bits_per_byte"] == pytest.approx(math.log2(vocab) * s["tokens"] / s["bytes"], rel=1e-12)
-    assert summary["Python"]["files"] == 3 and summary["overall"]["files"] == 8
+        # The PolyCoder fork's units: the summed log-likelihood over the summed bytes or Pygments tokens.
+        assert s["byte_perplexity"] == pytest.approx(vocab ** (s["tokens"] / s["bytes"]), rel=1e-9)
+        assert s["word_perplexity"] == pytest.approx(vocab ** (s["tokens"] / s["pygments_tokens"]), rel=1e-9)
+    # Pygments tokens as the fork's count_words: the language's lexer by its lower-cased name, whitespace included.
+    for language in ("C", "Go", "Python", "Rust"):
+        lexer = pygments.lexers.get_lexer_by_name(language.lower())
+        texts = [p.read_text() for p in (tree / language).iterdir()]
+        assert summary[language]["pygments_tokens"] == sum(len(list(lexer.get_tokens(t))) for t in texts if t.strip())
+    # A whitespace-only file is skipped, as the fork's harness skips it: not counted, nothing scored.
+    assert summary["Python"]["files"] == 3 and summary["Go"]["files"] == 2 and summary["overall"]["files"] == 8
 
 
 def test_language_selection_and_explicit_files(tree):
@@ -122,11 +136,13 @@ def test_bad_stride_is_a_user_error(tree, tokenizer):
 
 
 def test_report_files(tmp_path):
-    summary = {"C": {"files": 2, "tokens": 10, "bytes": 40, "loss": 1.0, "perplexity": math.e, "bits_per_byte": 0.36},
-               "overall": {"files": 2, "tokens": 10, "bytes": 40, "loss": 1.0, "perplexity": math.e,
-                           "bits_per_byte": 0.36}}
+    row = {"files": 2, "tokens": 10, "pygments_tokens": 16, "bytes": 40, "loss": 1.0, "perplexity": math.e,
+           "bits_per_byte": 0.36, "byte_perplexity": 1.25, "word_perplexity": 1.87}
+    summary = {"C": row, "overall": row}
     paths = write_perplexity_report(str(tmp_path / "run"), summary, "test")
     assert [os.path.basename(p) for p in paths] == ["run_perplexity.json", "run_perplexity.md", "run_perplexity.png"]
-    assert "| C | 2 | 10 | 40 | 2.718 | 0.360 |" in markdown_table(summary)
+    table = markdown_table(summary)
+    assert table.startswith("| language | files | tokens | Pygments tokens | bytes | perplexity per Pygments token |")
+    assert "| C | 2 | 10 | 16 | 40 | 1.8700 | 1.2500 | 0.3600 | 2.7183 |" in table
     assert open(paths[2], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert sorted(os.listdir(tmp_path)) == ["run_perplexity.json", "run_perplexity.md", "run_perplexity.png"]
