@@ -73,8 +73,11 @@ def bar_chart(path: str, summary: Dict[str, dict], title: str) -> str:
     names = list(summary)
     fig, axes = plt.subplots(2, 2, figsize=(max(8.0, 2 + 1.2 * len(names)), 7))
     for ax, (key, label) in zip(axes.flat, METRICS):
-        bars = ax.bar(names, [summary[n][key] for n in names], color=["#4c72b0"] * (len(names) - 1) + ["#dd8452"])
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        values = [summary[n][key] for n in names]
+        bars = ax.bar(names, values, color=["#4c72b0"] * (len(names) - 1) + ["#dd8452"])
+        ax.bar_label(bars, fmt="%.4g", fontsize=7)
+        if max(values) > 100 * max(min(values), 1e-12):  # per-Pygments-token perplexities span decades
+            ax.set_yscale("log")
         ax.set_ylabel(label)
         ax.tick_params(axis="x", rotation=45)
     fig.suptitle(title, fontsize=9)
