@@ -136,7 +136,7 @@ def humaneval(cfg, plan, model, tokenizer):
         generator = TextGenerator(model, tokenizer, cfg.generate, cfg.model.max_position_embeddings, seed=cfg.train.seed)
         path = f"{prefix}_humaneval_samples.jsonl" if prefix else os.path.join(tempfile.mkdtemp(), "samples.jsonl")
         samples = he.generate_samples(generator, problems, e.humaneval_num_samples, e.humaneval_batch_size, path,
-                                      cfg.train.seed)
+                                      cfg.train.seed, e.humaneval_style)
     limits = SandboxLimits(e.humaneval_cpu_timeout, e.humaneval_wall_timeout, e.humaneval_memory_mb,
                            retries=e.humaneval_timeout_retries)
     cache = e.humaneval_cache or (f"{prefix}_humaneval_cache.jsonl" if prefix else None)

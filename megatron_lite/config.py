@@ -185,6 +185,9 @@ class EvalConfig:
     humaneval_limit: Optional[int] = opt(None, "evaluate only the first N tasks")
     humaneval_samples_file: Optional[str] = opt(None, "score these completions (jsonl task_id, completion) instead of sampling")
     humaneval_num_samples: int = opt(1, "completions sampled per task (n of pass@k)")
+    humaneval_style: str = opt("codex", "codex: the prompt as it is, cut at a new top-level def/class/if/print/#/@ "
+                                        "line | polycoder: as the PolyCoder fork's human_eval.py (prompt stripped "
+                                        "for generation, its first_block stop rule)")
     humaneval_batch_size: int = opt(8, "completions of a task generated together")
     humaneval_k: List[int] = opt([1, 10, 100], "k values of pass@k (those up to n are reported)")
     humaneval_workers: int = opt(4, "parallel sandbox workers executing completions")

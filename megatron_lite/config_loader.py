@@ -51,6 +51,7 @@ CHOICES = {
     "text_gen_type": ("unconditional", "input-file", "interactive"),
     "launcher": ("torchrun", "pdsh", "mpirun", "openmpi"),  # GPT-NeoX's pdsh / openmpi map to ours
     "eval_split": ("valid", "test"),
+    "humaneval_style": ("codex", "polycoder"),
 }
 
 

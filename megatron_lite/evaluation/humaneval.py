@@ -16,6 +16,9 @@ from megatron_lite.evaluation.sandbox import Sandbox
 
 # Codex's stop sequences: a completion is one function body, so a new top-level statement ends it.
 STOP = re.compile(r"\n(?:def |class |if |print|#|@)")
+# The PolyCoder fork's human_eval.py `first_block`: the same lines without the trailing spaces (so `\nifx` and
+# `\nclassify` stop too), and the completion right-stripped.
+POLYCODER_STOP = re.compile(r"\nclass|\ndef|\n#|\n@|\nprint|\nif")
 
 
 def default_problem_file() -> str:
@@ -52,10 +55,18 @@ def load_problems(path: Optional[str] = None, limit: Optional[int] = None) -> Li
     return problems[:limit] if limit else problems
 
 
-def truncate(completion: str) -> str:
-    """The completion up to the first new top-level def/class/if/print/#/@ line."""
+def truncate(completion: str, style: str = "codex") -> str:
+    """The completion up to the first new top-level def/class/if/print/#/@ line (polycoder: its first_block)."""
+    if style == "polycoder":
+        return POLYCODER_STOP.split(completion)[0].rstrip()
     match = STOP.search(completion)
     return completion[: match.start()] if match else completion
+
+
+def generation_prompt(problem: dict, style: str = "codex") -> str:
+    """What the model continues: the prompt as it is, or stripped as the PolyCoder fork's generation did (its
+    samples' `context` is prompt.strip(); the program it executes still starts with the whole prompt)."""
+    return problem["prompt"].strip() if style == "polycoder" else problem["prompt"]
 
 
 def program_of(problem: dict, completion: str) -> str:
@@ -63,7 +74,8 @@ def program_of(problem: dict, completion: str) -> str:
     return f"{problem['prompt']}{completion}\n{problem['test']}\ncheck({problem['entry_point']})\n"
 
 
-def generate_samples(generator, problems: List[dict], n: int, batch_size: int, path: str, seed: int) -> List[dict]:
+def generate_samples(generator, problems: List[dict], n: int, batch_size: int, path: str, seed: int,
+                     style: str = "codex") -> List[dict]:
     """n truncated completions per task, appended to `path` (jsonl) as they are made; a rerun resumes.
 
     Each batch is seeded from (seed, task, first sample index), so a resumed run (same batch size) samples
@@ -79,8 +91,8 @@ def generate_samples(generator, problems: List[dict], n: int, batch_size: int, p
             while have[problem["task_id"]] < n:
                 start = have[problem["task_id"]]
                 generator.rng.manual_seed(seed + 1_000_003 * index + start)
-                for c in generator.complete(problem["prompt"], num_samples=min(batch_size, n - start)):
-                    record = {"task_id": problem["task_id"], "completion": truncate(c.text)}
+                for c in generator.complete(generation_prompt(problem, style), num_samples=min(batch_size, n - start)):
+                    record = {"task_id": problem["task_id"], "completion": truncate(c.text, style)}
                     out.write(json.dumps(record) + "\n")
                     done.append(record)
                 out.flush()

@@ -42,6 +42,16 @@ def test_truncation_stops_at_a_new_top_level_statement():
     assert he.truncate("    return [x for x in y\n            if x]\n") == "    return [x for x in y\n            if x]\n"
 
 
+def test_polycoder_style_is_the_fork_s_first_block_and_stripped_prompt(problems):
+    """As frankxu2004/gpt-neox human_eval.py: samples were generated from prompt.strip(), then each completion is
+    split at the first of its stop strings (no trailing space, so `\nifx` stops too) and right-stripped."""
+    text = "    x = 1\n    return x  \n\nifx = 2\ndef g(): pass\n"
+    assert he.truncate(text, "polycoder") == "    x = 1\n    return x"
+    assert he.truncate(text) == "    x = 1\n    return x  \n\nifx = 2"  # codex: a whole `if ` statement only
+    assert he.generation_prompt(problems[0], "polycoder") == problems[0]["prompt"].strip()
+    assert he.generation_prompt(problems[0]) == problems[0]["prompt"]
+
+
 def test_program_runs_the_tests_on_the_entry_point(problems):
     program = he.program_of(problems[0], problems[0]["canonical_solution"])
     assert program.startswith(problems[0]["prompt"]) and program.endswith("check(has_close_elements)\n")
