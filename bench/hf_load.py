@@ -34,6 +34,7 @@ def write_model_dir(workdir: str, layers: int, hidden: int, heads: int) -> str:
     tok_dir = os.path.join(workdir, "tok")
     save_tokenizer(train_byte_level_bpe([inspect.getsource(torch.nn.modules.module)], 1000), tok_dir)
     cfg = ModelConfig(num_layers=layers, hidden_size=hidden, num_attention_heads=heads, padded_vocab_size=50304,
+                      pos_emb="rotary", no_weight_tying=True,  # PolyCoder's architecture, which HF can hold
                       max_position_embeddings=2048, seq_length=2048)
     torch.manual_seed(0)
     out = os.path.join(workdir, "hf")

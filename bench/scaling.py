@@ -38,7 +38,8 @@ def worker(rank: int, port: int, args, results) -> None:
     torch.set_num_threads(args.threads)
     s = state.initialize(ParallelConfig(data_parallel_size=2, world_size=2))
     cfg = ModelConfig(num_layers=args.layers, hidden_size=args.hidden, num_attention_heads=args.heads,
-                      seq_length=args.seq, max_position_embeddings=args.seq, padded_vocab_size=args.vocab)
+                      seq_length=args.seq, max_position_embeddings=args.seq, padded_vocab_size=args.vocab,
+                      pos_emb="rotary", no_weight_tying=True, hidden_dropout=0.0, attention_dropout=0.0)
     cpu = torch.device("cpu")
 
     def build():

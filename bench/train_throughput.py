@@ -88,7 +88,8 @@ def main():
     with tempfile.TemporaryDirectory() as workdir:
         prefix, tokenizer = prepare_data(workdir)
         fusion = "true" if args.fusions == "on" else "false"
-        overrides = ["--data-path", prefix, "--vocab-file", tokenizer, "--precision", args.precision,
+        overrides = ["--data-path", prefix, "--tokenizer-type", "HFTokenizer", "--vocab-file", tokenizer,
+                     "--precision", args.precision,
                      "--train-iters", "1000", "--hidden-dropout", "0", "--attention-dropout", "0",
                      "--scaled-upper-triang-masked-softmax-fusion", fusion, "--bias-gelu-fusion", fusion,
                      "--cross-entropy-loss-fusion", fusion]
