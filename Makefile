@@ -58,6 +58,7 @@ bench: install-test
 	$(PY) bench/hf_load.py
 	$(PY) bench/humaneval_exec.py
 	$(PY) bench/preprocess_throughput.py
+	$(PY) bench/eval_throughput.py
 	$(PY) bench/scaling.py
 
 clean:
