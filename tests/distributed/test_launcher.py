@@ -3,6 +3,7 @@ a rank that dies or raises ends the whole job in bounded time with its error sho
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -96,7 +97,8 @@ def test_failing_rank_stops_the_job(micro_config, tmp_path, mode):
         assert "rank 1 failed with:\n" in summary and "RuntimeError: rank 1 failed on purpose" in summary
     else:
         assert "Signals.SIGKILL" in proc.stderr or "SIGKILL" in proc.stderr
-        assert "1 of 2 ranks reported no error: killed (out of memory? a signal?)" in summary
+        # Rank 0 usually reports the broken collective; on a loaded machine torchrun may stop it first.
+        assert re.search(r"[12] of 2 ranks reported no error: killed \(out of memory\? a signal\?\)", summary), summary
 
 
 def test_hostfile_errors_name_the_line_and_host(tmp_path):
