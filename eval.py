@@ -99,7 +99,8 @@ def plan_humaneval(cfg):
     from megatron_lite.evaluation.sandbox import MAX_WORKERS
 
     e = cfg.eval
-    for key in ("humaneval_num_samples", "humaneval_batch_size", "humaneval_workers", "humaneval_memory_mb"):
+    for key in ("humaneval_num_samples", "humaneval_batch_size", "humaneval_workers", "humaneval_memory_mb",
+                "humaneval_disk_mb"):
         if getattr(e, key) < 1:
             raise UserError(f"{key.replace('_', '-')} must be a positive integer, got {getattr(e, key)}")
     if e.humaneval_workers > MAX_WORKERS:
@@ -138,12 +139,13 @@ def humaneval(cfg, plan, model, tokenizer):
         samples = he.generate_samples(generator, problems, e.humaneval_num_samples, e.humaneval_batch_size, path,
                                       cfg.train.seed, e.humaneval_style)
     limits = SandboxLimits(e.humaneval_cpu_timeout, e.humaneval_wall_timeout, e.humaneval_memory_mb,
-                           retries=e.humaneval_timeout_retries)
+                           disk_mb=e.humaneval_disk_mb, retries=e.humaneval_timeout_retries)
     cache = e.humaneval_cache or (f"{prefix}_humaneval_cache.jsonl" if prefix else None)
-    with Sandbox(e.humaneval_workers, limits, cache) as sandbox:
+    with Sandbox(e.humaneval_workers, limits, cache, allow_unisolated=e.humaneval_allow_unisolated) as sandbox:
         print(f"sandbox: {e.humaneval_workers} workers, {limits.cpu_timeout} CPU s, {limits.memory_mb} MiB, "
-              f"{'a uid of its own per worker' if os.geteuid() == 0 else 'our uid'}, "
-              f"{'an empty network namespace' if sandbox.network_isolated else 'socket functions removed'}")
+              f"{limits.disk_mb} MiB of disk, "
+              + ("isolated (user, mount, PID and network namespaces; read-only filesystem; tests judged outside)"
+                 if sandbox.isolated else "NOT isolated (humaneval-allow-unisolated)"))
         result = he.evaluate(problems, samples, sandbox, e.humaneval_k)
     scores = "  ".join(f"{k} {v:.4f}" for k, v in result["pass_at_k"].items())
     print(f"humaneval {scores} ({result['passed']} of {result['samples']} samples passed, {result['tasks']} tasks)")

@@ -195,6 +195,9 @@ class EvalConfig:
     humaneval_wall_timeout: float = opt(10.0, "wall-clock backstop (s) for programs that sleep; doubled per retry")
     humaneval_timeout_retries: int = opt(1, "re-runs of a wall-clock timeout")
     humaneval_memory_mb: int = opt(1024, "address-space limit (MiB) of a completion's process")
+    humaneval_disk_mb: int = opt(64, "size (MiB) of a completion's working directory (a tmpfs), and of its largest file")
+    humaneval_allow_unisolated: bool = opt(False, "where the kernel refuses namespaces, run completions with resource "
+                                                  "limits only (not contained: see README, HumanEval sandbox)")
     humaneval_cache: Optional[str] = opt(None, "verdict cache jsonl (default: PREFIX_humaneval_cache.jsonl)")
 
 

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from megatron_lite.errors import UserError
 from megatron_lite.evaluation.pass_at_k import mean_pass_at_k
 from megatron_lite.evaluation.report import end_cut_short_line
-from megatron_lite.evaluation.sandbox import Sandbox
+from megatron_lite.evaluation.sandbox import Job, Sandbox
 
 # Codex's stop sequences: a completion is one function body, so a new top-level statement ends it.
 STOP = re.compile(r"\n(?:def |class |if |print|#|@)")
@@ -69,9 +69,18 @@ def generation_prompt(problem: dict, style: str = "codex") -> str:
     return problem["prompt"].strip() if style == "polycoder" else problem["prompt"]
 
 
-def program_of(problem: dict, completion: str) -> str:
-    """The program the task's tests run: prompt + completion, then `check(entry_point)`."""
-    return f"{problem['prompt']}{completion}\n{problem['test']}\ncheck({problem['entry_point']})\n"
+def job_of(problem: dict, completion: str) -> Job:
+    """prompt + completion run in the sandbox; the task's tests run in the judge, `check(entry_point)` calling
+    the completed function there. The judge first runs the prompt with the function's body left empty, for the
+    helpers a test uses (HumanEval/32's `poly`, /38's `encode_cyclic`)."""
+    context = problem["prompt"] + "    pass\n"
+    try:
+        compile(context, "<prompt>", "exec")
+    except SyntaxError:
+        context = ""
+    entry = problem["entry_point"]
+    return Job(code=problem["prompt"] + completion, entry_point=entry, check=f"{problem['test']}\ncheck({entry})\n",
+               context=context)
 
 
 def generate_samples(generator, problems: List[dict], n: int, batch_size: int, path: str, seed: int,
@@ -112,7 +121,7 @@ def evaluate(problems: List[dict], samples: List[dict], sandbox: Sandbox, ks: Li
     unknown = sorted({s["task_id"] for s in samples} - by_id.keys())
     if unknown:
         raise UserError(f"samples name tasks that are not in the problem file: {unknown[:5]}")
-    verdicts = sandbox.run([program_of(by_id[s["task_id"]], s["completion"]) for s in samples], desc="humaneval tests")
+    verdicts = sandbox.run([job_of(by_id[s["task_id"]], s["completion"]) for s in samples], desc="humaneval tests")
     per_task = defaultdict(lambda: [0, 0])  # task -> [n, passed]
     for sample, verdict in zip(samples, verdicts):
         per_task[sample["task_id"]][0] += 1

@@ -1,4 +1,8 @@
-"""Run untrusted programs in parallel sandbox workers (see sandbox_worker.py); verdicts cached by program hash."""
+"""Run untrusted programs against trusted checks in parallel sandbox workers; verdicts cached by job hash.
+
+Each worker is a judge (sandbox_worker.py) with its sandbox (sandbox_runner.py, isolated by
+sandbox_isolation.py); README "HumanEval sandbox" says what is contained and what is not.
+"""
 
 import hashlib
 import json
@@ -14,7 +18,7 @@ from typing import List, Optional
 
 from tqdm import tqdm
 
-from megatron_lite.errors import warn_once
+from megatron_lite.errors import UserError, warn_once
 from megatron_lite.evaluation.report import end_cut_short_line
 
 MAX_WORKERS = 64
@@ -27,21 +31,34 @@ class SandboxLimits:
     wall_timeout: float = 10.0  # backstop for programs that sleep or block; doubled on each retry
     memory_mb: int = 1024
     nproc: int = 16
+    disk_mb: int = 64  # the working directory's size (a tmpfs) and the largest file
     retries: int = 1  # re-runs of a wall-clock timeout (the only load-dependent verdict)
 
 
-class _Worker:
-    """One sandbox worker process; restarted by its owner when a program manages to kill it."""
+@dataclass(frozen=True)
+class Job:
+    """`code` (untrusted) runs in the sandbox; `check` (trusted) runs in the judge after `context` (trusted
+    definitions it needs), with `entry_point` bound to a function calling the program's own, plain data only.
+    Without a check the job passes when the code runs to its end, as the code reports it (so: forgeable)."""
 
-    def __init__(self, uid: int):
+    code: str
+    entry_point: str = ""
+    check: str = ""
+    context: str = ""
+
+
+class _Worker:
+    """One judge process and its sandbox; restarted by its owner when it dies."""
+
+    def __init__(self, uid: int, allow_unisolated: bool, disk_mb: int):
         self.uid = uid
-        self.proc = subprocess.Popen([sys.executable, "-I", WORKER_SCRIPT, str(uid)], stdin=subprocess.PIPE,
+        config = json.dumps({"uid": uid, "allow_unisolated": allow_unisolated, "disk_mb": disk_mb})
+        self.proc = subprocess.Popen([sys.executable, "-I", WORKER_SCRIPT, config], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, start_new_session=True)
         hello = json.loads(self.proc.stdout.readline() or "{}")
-        if not hello.get("ready"):
+        if "isolated" not in hello:
             raise RuntimeError(f"sandbox worker did not start (exit status {self.proc.poll()})")
-        self.network_isolated = hello["network_isolated"]
-        self.stdlib_readable = hello["stdlib_readable"]
+        self.isolated, self.reason = hello["isolated"], hello["reason"]
 
     def run(self, job: dict) -> Optional[dict]:
         """The worker's verdict, or None when it died or stopped answering."""
@@ -62,59 +79,72 @@ class _Worker:
 
 
 class Sandbox:
-    """A pool of `workers` sandbox processes executing programs; verdicts are dicts {status, detail, passed}."""
+    """A pool of `workers` judges with their sandboxes; verdicts are dicts {status, detail, passed}.
+
+    Refuses to start where the kernel cannot isolate programs, unless `allow_unisolated`."""
 
     def __init__(self, workers: int, limits: SandboxLimits, cache_path: Optional[str] = None,
-                 uid_base: Optional[int] = None):
+                 uid_base: Optional[int] = None, allow_unisolated: bool = False):
         if not 1 <= workers <= MAX_WORKERS:
             raise ValueError(f"sandbox workers must be between 1 and {MAX_WORKERS}, got {workers}")
-        # Each worker's programs run as a uid of their own (as root), all killed after each program, so two
-        # runs on one machine must not share uids: the range follows our pid.
+        # As root each worker's sandbox runs as a uid of its own, so two runs on one machine must not share
+        # uids: the range follows our pid.
         uid_base = 100000 + (os.getpid() % 10000) * MAX_WORKERS if uid_base is None else uid_base
-        self.limits, self.cache_path = limits, cache_path
+        self.limits, self.cache_path, self.allow_unisolated = limits, cache_path, allow_unisolated
         self.cache = load_cache(cache_path)
         self.lock = threading.Lock()
         self.idle = queue.Queue()
         self.all_workers = []
         for i in range(workers):
             self._start_worker(uid_base + i)
-        if not all(w.stdlib_readable for w in self.all_workers):
-            warn_once("the sandbox uid cannot read this Python's standard library (installed under a private "
-                      "directory?): completions can import only the preloaded modules")
+        if not self.isolated:
+            reason = next(w.reason for w in self.all_workers if not w.isolated)
+            if not allow_unisolated:
+                self.close()
+                raise UserError(f"humaneval: the kernel refused to isolate the sandbox ({reason}); allow user "
+                                f"namespaces (sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone, "
+                                f"kernel.apparmor_restrict_unprivileged_userns; in Docker a seccomp profile that "
+                                f"permits unshare), or set humaneval-allow-unisolated: true to run completions with "
+                                f"resource limits only")
+            warn_once(f"humaneval-allow-unisolated: completions run without isolation ({reason}): only CPU, memory, "
+                      f"process and file-size limits apply; the network, this user's files (the verdict cache "
+                      f"included) and processes are within a completion's reach")
 
     def _start_worker(self, uid: int) -> _Worker:
-        worker = _Worker(uid)
+        worker = _Worker(uid, self.allow_unisolated, self.limits.disk_mb)
         self.all_workers.append(worker)
         self.idle.put(worker)
         return worker
 
     @property
-    def network_isolated(self) -> bool:
-        return all(w.network_isolated for w in self.all_workers)
+    def isolated(self) -> bool:
+        return all(w.isolated for w in self.all_workers)
 
-    def key(self, program: str) -> str:
-        """Cache key: the program and the limits that decide its verdict (not the load-dependent wall backstop)."""
-        text = json.dumps([program, self.limits.cpu_timeout, self.limits.memory_mb, self.limits.nproc])
+    def key(self, job: Job) -> str:
+        """Cache key: the job and the limits that decide its verdict (not the load-dependent wall backstop)."""
+        limits = self.limits
+        text = json.dumps([job.code, job.entry_point, job.check, job.context, limits.cpu_timeout, limits.memory_mb,
+                           limits.nproc, limits.disk_mb, self.isolated])
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def run(self, programs: List[str], desc: str = "execute") -> List[dict]:
-        """Verdicts for `programs`, in order; cached ones are not run again."""
-        keys = [self.key(p) for p in programs]
-        todo = {k: p for k, p in zip(keys, programs) if k not in self.cache}
+    def run(self, jobs: List[Job], desc: str = "execute") -> List[dict]:
+        """Verdicts for `jobs`, in order; cached ones are not run again."""
+        keys = [self.key(j) for j in jobs]
+        todo = {k: j for k, j in zip(keys, jobs) if k not in self.cache}
         with ThreadPoolExecutor(max_workers=max(1, len(self.all_workers))) as pool:
             futures = {pool.submit(self._execute, p): k for k, p in todo.items()}
             for future in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="program", disable=None):
                 self._remember(futures[future], future.result())
         return [dict(self.cache[k], passed=self.cache[k]["status"] == "passed") for k in keys]
 
-    def _execute(self, program: str) -> dict:
-        wall = self.limits.wall_timeout
-        for _ in range(self.limits.retries + 1):
+    def _execute(self, job: Job) -> dict:
+        wall, limits = self.limits.wall_timeout, self.limits
+        for _ in range(limits.retries + 1):
             worker = self.idle.get()
-            job = {"program": program, "cpu": self.limits.cpu_timeout, "wall": wall,
-                   "memory_mb": self.limits.memory_mb, "nproc": self.limits.nproc}
-            verdict = worker.run(job)
-            if verdict is None:  # the program killed its worker: replace the worker, record a failure
+            request = dict(vars(job), cpu=limits.cpu_timeout, wall=wall, memory_mb=limits.memory_mb,
+                           nproc=limits.nproc, disk_mb=limits.disk_mb)
+            verdict = worker.run(request)
+            if verdict is None:  # the worker died or hung: replace the worker, record a failure
                 worker.close()
                 with self.lock:
                     self.all_workers.remove(worker)

@@ -1,330 +1,284 @@
-"""A sandbox worker process (stdlib only, run as a script): forks one guarded child per program it is sent.
+"""A sandbox worker, the judge (stdlib only, run as a script by sandbox.Sandbox): decides every verdict.
 
-Protocol: one JSON job per line on stdin {"program", "cpu", "wall", "memory_mb", "nproc"}; one JSON verdict
-per line on stdout {"status": passed | failed | timed out, "detail", "wall_timeout": bool}.
-The child runs in its own session and process group, under RLIMIT_CPU / RLIMIT_AS / RLIMIT_NPROC, in a
-temporary directory emptied before each program, with stdio on /dev/null and destructive functions removed.
-Afterwards its group is killed, and so is every other descendant (the worker is a child subreaper). As root
-it also drops to a uid of its own (so it can neither signal nor delete anything of ours, and the process
-limit counts only its own processes), and the worker lives in a network namespace without interfaces.
+The untrusted program runs in the zygote's sandbox (sandbox_runner); the job's trusted check runs here, and
+its `candidate` calls the program's entry point there, with plain data going both ways (sandbox_wire). So
+"passed" is decided in a process the program can neither write into nor see, from values with no methods of
+the program's own.
+
+Protocol with the pool: a hello line {"isolated", "reason"}, then one job per line on stdin {"code",
+"entry_point", "check", "context", "cpu", "wall", "memory_mb", "nproc", "disk_mb"}, one verdict per line on
+stdout {"status": passed | failed | timed out, "detail", "wall_timeout"}.
 """
 
+import builtins
 import json
 import os
-import resource
-import select
 import shutil
 import signal
-import socket  # noqa: F401 - imported once here so every child does not pay for it
-import subprocess  # noqa: F401
+import site
+import socket
+import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 
-IS_ROOT = os.geteuid() == 0
-# Imported once by the worker: children start with them loaded (fast), and they work even where the
-# interpreter's own files are unreadable to the sandbox uid (e.g. Python installed under /root).
-PRELOAD = ("abc", "array", "base64", "binascii", "bisect", "calendar", "cmath", "collections", "contextlib", "copy",
-           "dataclasses", "datetime", "decimal", "difflib", "enum", "fractions", "functools", "hashlib", "heapq",
-           "io", "itertools", "json", "locale", "math", "numbers", "operator", "pprint", "queue", "random", "re",
-           "secrets", "statistics", "string", "struct", "textwrap", "time", "typing", "unicodedata", "_strptime")
-CLONE_NEWNET = 0x40000000
-PR_SET_CHILD_SUBREAPER = 36
-SUBREAPER = False  # set by main()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sandbox_isolation as isolation  # noqa: E402
+import sandbox_wire as wire  # noqa: E402
+
+del sys.path[0]
+
+RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_runner.py")
+START_TIMEOUT = 60.0
 
 
-def become_subreaper() -> bool:
-    """Orphaned descendants of a program become our children (not init's), so we can kill and reap them."""
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
+class ProgramGone(BaseException):
+    """The program ended (or closed its pipe) without answering."""
 
 
-def reap_children(seconds: float):
-    """Collect every exited child (zombies would count against the next program's process limit)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.002)
+class ProgramTimeout(BaseException):
+    """The program ran out of CPU time."""
 
 
-def isolate_network() -> bool:
-    """Move this worker (and so every child) into an empty network namespace; False when not permitted."""
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET) == 0
-    except (OSError, AttributeError):
-        return False
+class ProgramFault(BaseException):
+    """The program answered with something that is not a value: not plain data, or not the protocol."""
 
 
-def user_process_count() -> int:
-    """Processes owned by our uid (RLIMIT_NPROC counts these when we cannot switch to a uid of our own)."""
-    uid, count = os.getuid(), 0
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                count += os.stat(f"/proc/{pid}").st_uid == uid
-            except OSError:
-                pass
-    return count
+class ProgramRaised(Exception):
+    """An exception of a type the judge does not have (the program's own); its name and message."""
 
 
-def disable_destructive_functions():
-    """Remove what a completion could use to harm the machine or escape its limits (os and posix alike)."""
-    import builtins
-    import posix
-    import shutil as shutil_module
-    import subprocess
-
-    for name in ("kill", "killpg", "system", "fork", "forkpty", "vfork", "posix_spawn", "posix_spawnp",
-                 "execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp", "execlpe", "spawnv",
-                 "spawnve", "spawnvp", "spawnvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "popen",
-                 "putenv", "remove", "removedirs", "rmdir", "unlink", "rename", "renames", "replace", "truncate",
-                 "ftruncate", "chmod", "fchmod", "lchmod", "chown", "fchown", "lchown", "chroot", "fchdir",
-                 "chdir", "setuid", "seteuid", "setgid", "setsid", "setpgid", "setpgrp", "setresuid", "link",
-                 "symlink", "pidfd_open", "register_at_fork"):
-        for module in (os, posix):
-            if hasattr(module, name):
-                setattr(module, name, None)
-    for name in ("rmtree", "move", "chown"):
-        setattr(shutil_module, name, None)
-    subprocess.Popen = None
-    builtins.exit = builtins.quit = builtins.help = None
-    import socket  # the namespace already has no network; this also stops code that expects a socket to work
-
-    def no_network(*args, **kwargs):
-        raise OSError("network access is disabled in the sandbox")
-
-    for name in ("socket", "create_connection", "create_server", "socketpair", "getaddrinfo", "fromfd"):
-        setattr(socket, name, no_network)
-    for name in ("ctypes", "_ctypes", "_posixsubprocess", "multiprocessing", "resource", "psutil", "signal",
-                 "_signal", "pty"):
-        sys.modules[name] = None
+class ProgramExit(BaseException):
+    """SystemExit, KeyboardInterrupt and the like, raised by the program: a failure no check may catch."""
 
 
-def lower_limit(kind: int, soft: int, hard: int = None):
-    """Set a resource limit, never above the hard limit we were given (raising it needs privileges)."""
-    _, current = resource.getrlimit(kind)
-    hard = soft if hard is None else hard
-    if current != resource.RLIM_INFINITY:
-        soft, hard = min(soft, current), min(hard, current)
-    resource.setrlimit(kind, (soft, hard))
-
-
-def run_child(program: str, job: dict, workdir: str, uid: int, report_fd: int):
-    """In the forked child: limit, isolate, guard, execute; write the verdict to report_fd; never return."""
-    try:
-        os.setsid()  # own session and process group: the worker kills the whole group afterwards
-        cpu = int(job["cpu"]) + 1  # whole seconds, after the finer timer below: the backstop for code that blocks it
-        lower_limit(resource.RLIMIT_CPU, cpu, cpu + 1)  # SIGXCPU, then SIGKILL one second later
-        lower_limit(resource.RLIMIT_AS, job["memory_mb"] * 2**20)
-        lower_limit(resource.RLIMIT_FSIZE, 64 * 2**20)
-        lower_limit(resource.RLIMIT_CORE, 0)
-        lower_limit(resource.RLIMIT_NPROC, job["nproc"] if IS_ROOT else user_process_count() + job["nproc"])
-        os.chdir(workdir)
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        if IS_ROOT:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-        # Finer than RLIMIT_CPU's whole seconds: a CPU-time (not wall-time) alarm raises inside the program.
-        signal.signal(signal.SIGPROF, _on_cpu_alarm)
-        signal.setitimer(signal.ITIMER_PROF, job["cpu"])
-        report = os.fdopen(report_fd, "w")
-        disable_destructive_functions()
-    except BaseException as e:  # noqa: BLE001 - any setup failure is reported, never silently a pass
-        os.write(report_fd, json.dumps({"status": "failed", "detail": f"sandbox setup: {e!r}"}).encode() + b"\n")
-        os._exit(1)
-    try:
-        exec(compile(program, "<completion>", "exec"), {"__name__": "__main__"})
-        verdict = {"status": "passed", "detail": ""}
-    except _CpuTimeout:
-        verdict = {"status": "timed out", "detail": "cpu time limit"}
-    except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are failures too
-        verdict = {"status": "failed", "detail": f"{type(e).__name__}: {e}"[:300]}
-    report.write(json.dumps(verdict) + "\n")
-    report.flush()
-    os._exit(0)
-
-
-class _CpuTimeout(BaseException):
+class ZygoteDied(Exception):
     pass
 
 
-def _on_cpu_alarm(signum, frame):
-    raise _CpuTimeout()
+def minimal_environment(home: str) -> dict:
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8"}
 
 
-def kill_uid(uid: int):
-    """SIGKILL every process of `uid`, including any that left our process group (root only)."""
-    pid = os.fork()
-    if pid == 0:
+class Zygote:
+    """The sandbox process (sandbox_runner) and its control socket."""
+
+    def __init__(self, uid: int, isolate: bool, disk_mb: int):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.home = None if isolate else tempfile.mkdtemp(prefix="sandbox-")
+        config = {"ctrl_fd": theirs.fileno(), "isolate": isolate, "disk_mb": disk_mb,
+                  "hidden": hidden_directories(), "kept": kept_directories()}
+        self.proc = subprocess.Popen([sys.executable, "-I", "-S", RUNNER, json.dumps(config)],
+                                     env=minimal_environment(self.home or isolation.WORKDIR),
+                                     pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        theirs.close()
+        self.ctrl = ours
+        hello = self.receive(START_TIMEOUT)
+        if hello.get("unshared"):
+            self.map_ids(uid)
+            self.ctrl.send(json.dumps({"mapped": True}).encode())
+            hello = self.receive(START_TIMEOUT)
+        self.isolated, self.reason = bool(hello.get("isolated")), hello.get("reason", "")
+
+    def map_ids(self, uid: int):
+        """Map the namespace's root to `uid` (as root: a uid of the worker's own; else ours, the only one we may)."""
+        if os.geteuid() != 0:
+            uid = os.geteuid()
+        gid = uid if os.geteuid() == 0 else os.getegid()
+        for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+            with open(f"/proc/{self.proc.pid}/{name}", "w") as f:
+                f.write(text)
+
+    def receive(self, timeout: float) -> dict:
+        self.ctrl.settimeout(timeout)
         try:
-            os.setuid(uid)
-            os.kill(-1, signal.SIGKILL)  # all processes this uid may signal, i.e. its own, except this one
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
-
-
-def new_workdir(uid: int) -> str:
-    workdir = tempfile.mkdtemp(prefix="sandbox-")
-    if IS_ROOT:
-        os.chown(workdir, uid, uid)
-    return workdir
-
-
-def empty_workdir(workdir: str, uid: int) -> str:
-    """`workdir` emptied for the next program (reusing it is much cheaper than a new one on some filesystems);
-    a fresh directory when something the program left cannot be removed."""
-    os.chmod(workdir, 0o700)
-    for name in os.listdir(workdir):
-        path = os.path.join(workdir, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-    if os.listdir(workdir):
-        shutil.rmtree(workdir, ignore_errors=True)
-        return new_workdir(uid)
-    return workdir
-
-
-def kill_descendants(seconds: float) -> bool:
-    """SIGKILL and reap every descendant left (as their parents die they become our children: we are a
-    subreaper), including any that left the process group; False if some survive `seconds` or we cannot see them."""
-    children_file = f"/proc/self/task/{os.getpid()}/children"
-    deadline = time.monotonic() + seconds
-    while True:
-        reap_children(0)
-        try:
-            with open(children_file) as f:
-                children = [int(pid) for pid in f.read().split()]
+            data = self.ctrl.recv(65536)
         except OSError:
-            return False
-        if not children:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        for pid in children:  # not yet reaped, so these pids cannot have been reused
+            data = b""
+        if not data:
+            raise ZygoteDied()
+        return json.loads(data)
+
+    def start(self, limits: dict, from_judge: int, to_judge: int):
+        socket.send_fds(self.ctrl, [json.dumps(limits).encode()], [from_judge, to_judge])
+
+    def finish(self):
+        """Kill everything the program started; its wait status (None if unknown)."""
+        self.ctrl.send(b'{"finish": true}')
+        return self.receive(START_TIMEOUT)["status"]
+
+    def close(self):
+        self.ctrl.close()
+        self.proc.kill()
+        self.proc.wait()
+        if self.home:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+def hidden_directories() -> list:
+    """Where secrets live (homes, temporary and runtime directories) and installed packages (the tasks need only
+    the standard library; the problems and their solutions may be among them)."""
+    dirs = list(isolation.HIDDEN) + [os.path.expanduser("~"), tempfile.gettempdir()]
+    dirs += site.getsitepackages() + [site.getusersitepackages()]
+    stdlib = kept_directories()
+    dirs += [os.path.join(d, name) for d in stdlib for name in ("site-packages", "dist-packages")]
+    return sorted({os.path.realpath(d) for d in dirs})
+
+
+def kept_directories() -> list:
+    """The standard library, visible inside wherever Python is installed."""
+    paths = sysconfig.get_paths()
+    return sorted({os.path.realpath(paths[name]) for name in ("stdlib", "platstdlib")})
+
+
+class Program:
+    """One program in the sandbox, reached through the two pipes made for it."""
+
+    def __init__(self, to_program: int, from_program: int, deadline: float):
+        self.to_program, self.reader, self.deadline = to_program, wire.LineReader(from_program), deadline
+
+    def send(self, message: dict):
+        try:
+            wire.send(self.to_program, message, self.deadline)
+        except BrokenPipeError:
+            raise ProgramGone() from None
+
+    def receive(self) -> dict:
+        try:
+            reply = self.reader.read(self.deadline)
+        except ValueError as e:
+            raise ProgramFault(f"the program broke the protocol: {e}") from None
+        if reply is None:
+            raise ProgramGone()
+        return reply
+
+    def call(self, *args, **kwargs):
+        """The entry point's result for these arguments, computed in the sandbox."""
+        self.send({"args": wire.encode(list(args)), "kwargs": wire.encode(kwargs)})
+        reply = self.receive()
+        if set(reply) == {"returned"}:
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+                return wire.decode(reply["returned"])
+            except ValueError as e:
+                raise ProgramFault(f"the program broke the protocol: {e}") from None
+        raise exception_of(reply)
+
+
+def exception_of(reply: dict) -> BaseException:
+    """The judge's own exception for a program's answer that is not a value."""
+    if reply == {"timeout": True}:
+        return ProgramTimeout()
+    if set(reply) == {"not_plain"}:
+        return ProgramFault(f"the entry point returned a {str(reply['not_plain'])[:100]}, not plain data "
+                            f"(only plain data leaves the sandbox)")
+    if set(reply) == {"raised"} and isinstance(reply["raised"], list) and len(reply["raised"]) == 2:
+        name, message = (str(x) for x in reply["raised"])
+        kind = getattr(builtins, name, None)
+        if isinstance(kind, type) and issubclass(kind, Exception):
+            try:
+                rebuilt = kind(message)  # a test may catch, say, ValueError: the judge's own ValueError
+                rebuilt.program_message = f"{name}: {message}"  # as the program said it (KeyError quotes its str)
+                return rebuilt
+            except TypeError:
                 pass
-        time.sleep(0.001)
+        elif isinstance(kind, type) and issubclass(kind, BaseException):
+            return ProgramExit(f"{name}: {message}")
+        return ProgramRaised(f"{name}: {message}")
+    return ProgramFault("the program broke the protocol")
 
 
-def execute(job: dict, uid: int, workdir: str) -> dict:
-    """Run one program in a fresh child in `workdir`; wait for its verdict (wall-clock backstop); kill whatever it
-    started."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        run_child(job["program"], job, workdir, uid, write_fd)
-    os.close(write_fd)
-    report, status, wall_timeout = read_report(read_fd, pid, time.monotonic() + job["wall"])
-    os.close(read_fd)
+def describe(e: BaseException) -> str:
+    if isinstance(e, (ProgramRaised, ProgramExit, ProgramFault)):
+        return str(e)[:300]
+    return getattr(e, "program_message", f"{type(e).__name__}: {e}")[:300]
+
+
+def judge(job: dict, program: Program) -> dict:
+    """Wait for the program to load, then run the check here; the verdict (ProgramGone propagates)."""
     try:
-        os.killpg(pid, signal.SIGKILL)  # the child and anything it started that stayed in its group
-    except ProcessLookupError:
-        pass
-    if status is None:
-        _, status = os.waitpid(pid, 0)
-    if not (kill_descendants(2.0) and SUBREAPER) and IS_ROOT:
-        kill_uid(uid)  # the fallback: every process of the program's own uid
-        reap_children(1.0)
-    return verdict_of(report, status, wall_timeout)
-
-
-def read_report(read_fd: int, pid: int, deadline: float):
-    """(report line, wait status or None, wall timeout?): until a whole line, the child's exit, or the deadline.
-
-    Descendants may hold the pipe open, so the child's own exit is checked too, not only end of file."""
-    data, status = b"", None
-    while not data.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return data, status, True
-        if select.select([read_fd], [], [], min(left, 0.05))[0]:
-            chunk = os.read(read_fd, 65536)
-            if not chunk:
-                break
-            data += chunk
-        elif status is not None:
-            break  # the child is gone and nothing more came
-        else:
-            done, wait_status = os.waitpid(pid, os.WNOHANG)
-            status = wait_status if done == pid else None
-    return data, status, False
-
-
-def verdict_of(report: bytes, status: int, wall_timeout: bool) -> dict:
-    if wall_timeout:
+        reply = program.receive()
+        if reply != {"ready": True}:
+            raise exception_of(reply)
+        namespace = {"__name__": "__main__"}
+        if job["context"]:
+            exec(compile(job["context"], "<context>", "exec"), namespace)
+        if job["entry_point"]:
+            namespace[job["entry_point"]] = program.call
+        if job["check"]:
+            exec(compile(job["check"], "<check>", "exec"), namespace)
+        return {"status": "passed", "detail": ""}
+    except ProgramTimeout:
+        return {"status": "timed out", "detail": "cpu time limit"}
+    except TimeoutError:
         return {"status": "timed out", "detail": "wall-clock backstop", "wall_timeout": True}
+    except ProgramGone:
+        raise
+    except BaseException as e:  # noqa: BLE001 - a failed assert, an exception, anything: not a pass
+        return {"status": "failed", "detail": describe(e)}
+
+
+def execute(zygote: Zygote, job: dict) -> dict:
+    """One job: the program in a fresh child of the zygote, the check here; then everything it started killed."""
+    program_reads, to_program = os.pipe()
+    judge_reads, from_program = os.pipe()
+    os.set_blocking(to_program, False)  # a program that stops reading cannot block the judge past the deadline
+    limits = {k: job[k] for k in ("cpu", "memory_mb", "nproc", "disk_mb")}
     try:
-        verdict = json.loads(report.decode())
-    except ValueError:
-        if os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU, signal.SIGKILL):
+        zygote.start(limits, program_reads, from_program)
+    finally:
+        os.close(program_reads)
+        os.close(from_program)
+    program = Program(to_program, judge_reads, time.monotonic() + job["wall"])
+    try:
+        program.send({"code": job["code"], "entry_point": job["entry_point"]})
+        verdict = judge(job, program)
+    except ProgramGone:
+        verdict = None
+    except TimeoutError:
+        verdict = {"status": "timed out", "detail": "wall-clock backstop", "wall_timeout": True}
+    finally:
+        os.close(to_program)
+        os.close(judge_reads)
+    status = zygote.finish()
+    if verdict is None:
+        if status is not None and os.WIFSIGNALED(status) and os.WTERMSIG(status) in (signal.SIGXCPU,
+                                                                                      signal.SIGKILL):
             verdict = {"status": "timed out", "detail": "cpu time limit (killed)"}
         else:
-            verdict = {"status": "failed", "detail": f"ended without a verdict (wait status {status})"}
-    verdict["wall_timeout"] = False
+            verdict = {"status": "failed", "detail": f"the program ended without answering (wait status {status})"}
+    verdict.setdefault("wall_timeout", False)
     return verdict
 
 
-def stdlib_readable_by(uid: int) -> bool:
-    """Whether `uid` can read the standard library (else only PRELOAD modules import in the sandbox)."""
-    import sysconfig
-
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setuid(uid)
-            os.listdir(sysconfig.get_paths()["stdlib"])
-            os._exit(0)
-        except BaseException:  # noqa: BLE001
-            os._exit(1)
-    return os.waitpid(pid, 0)[1] == 0
+def start_zygote(uid: int, allow_unisolated: bool, disk_mb: int) -> Zygote:
+    zygote = Zygote(uid, isolate=True, disk_mb=disk_mb)
+    if not zygote.isolated and allow_unisolated:
+        reason = zygote.reason
+        zygote.close()
+        zygote = Zygote(uid, isolate=False, disk_mb=disk_mb)
+        zygote.reason = reason
+    return zygote
 
 
 def main():
-    uid = int(sys.argv[1]) if len(sys.argv) > 1 else 65534
-    for name in PRELOAD:
-        __import__(name)
-    network_isolated = IS_ROOT and isolate_network()
-    global SUBREAPER
-    SUBREAPER = become_subreaper()
-    if IS_ROOT:
-        kill_uid(uid)  # leftovers of a predecessor that a program killed
+    config = json.loads(sys.argv[1])  # {"uid", "allow_unisolated", "disk_mb"}
+    isolation.prctl(isolation.PR_SET_DUMPABLE, 0)  # not even a process of our uid may ptrace the judge
+    zygote = start_zygote(config["uid"], config["allow_unisolated"], config["disk_mb"])
     out = sys.stdout
-    stdlib_readable = not IS_ROOT or stdlib_readable_by(uid)
-    out.write(json.dumps({"ready": True, "network_isolated": network_isolated, "stdlib_readable": stdlib_readable})
-              + "\n")
+    out.write(json.dumps({"isolated": zygote.isolated, "reason": zygote.reason}) + "\n")
     out.flush()
-    workdir = new_workdir(uid)
-    try:
-        for line in sys.stdin:
-            out.write(json.dumps(execute(json.loads(line), uid, workdir)) + "\n")
-            out.flush()
-            workdir = empty_workdir(workdir, uid)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    for line in sys.stdin:
+        job = json.loads(line)
+        try:
+            verdict = execute(zygote, job)
+        except (ZygoteDied, OSError):
+            zygote.close()
+            zygote = start_zygote(config["uid"], config["allow_unisolated"], config["disk_mb"])
+            verdict = {"status": "failed", "detail": "the sandbox died", "wall_timeout": False}
+        out.write(json.dumps(verdict) + "\n")
+        out.flush()
+    zygote.close()
 
 
 if __name__ == "__main__":

@@ -52,9 +52,11 @@ def test_polycoder_style_is_the_fork_s_first_block_and_stripped_prompt(problems)
     assert he.generation_prompt(problems[0]) == problems[0]["prompt"]
 
 
-def test_program_runs_the_tests_on_the_entry_point(problems):
-    program = he.program_of(problems[0], problems[0]["canonical_solution"])
-    assert program.startswith(problems[0]["prompt"]) and program.endswith("check(has_close_elements)\n")
+def test_job_runs_the_completion_inside_and_the_tests_in_the_judge(problems):
+    job = he.job_of(problems[0], problems[0]["canonical_solution"])
+    assert job.code == problems[0]["prompt"] + problems[0]["canonical_solution"]
+    assert job.check.startswith(problems[0]["test"]) and job.check.endswith("check(has_close_elements)\n")
+    assert job.context == problems[0]["prompt"] + "    pass\n" and job.entry_point == "has_close_elements"
 
 
 def test_bad_inputs(tmp_path, problems):
