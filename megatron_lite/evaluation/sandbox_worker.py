@@ -121,15 +121,17 @@ def hidden_directories() -> list:
     the standard library; the problems and their solutions may be among them)."""
     dirs = list(isolation.HIDDEN) + [os.path.expanduser("~"), tempfile.gettempdir()]
     dirs += site.getsitepackages() + [site.getusersitepackages()]
-    stdlib = kept_directories()
+    stdlib = {sysconfig.get_paths()[name] for name in ("stdlib", "platstdlib")}
     dirs += [os.path.join(d, name) for d in stdlib for name in ("site-packages", "dist-packages")]
     return sorted({os.path.realpath(d) for d in dirs})
 
 
 def kept_directories() -> list:
-    """The standard library, visible inside wherever Python is installed."""
+    """The standard library and the interpreter's own shared libraries (a conda Python's extension modules link
+    to them), visible inside wherever Python is installed."""
     paths = sysconfig.get_paths()
-    return sorted({os.path.realpath(paths[name]) for name in ("stdlib", "platstdlib")})
+    dirs = {os.path.realpath(d) for d in (paths["stdlib"], paths["platstdlib"], os.path.join(sys.base_prefix, "lib"))}
+    return sorted(d for d in dirs if os.path.isdir(d) and not isolation.is_under(d, dirs - {d}))
 
 
 class Program:

