@@ -46,10 +46,10 @@ demo: install
 # Fast suite (the one CI runs); `make test-all` adds the slow end-to-end tests. Two pytest workers: most tests wait
 # on process start-up and imports (single-threaded), so two share 2 cores well (8:54 against ~11 min in one).
 test: install-test
-	$(PY) -m pytest -q -n 2 -m "not slow" --durations=25 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" --durations=25 tests
 
 test-all: install-test
-	$(PY) -m pytest -q -n 2 --durations=25 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=25 tests
 
 bench: install-test
 	$(PY) bench/train_throughput.py

@@ -82,13 +82,19 @@ class Zygote:
         self.isolated, self.reason = bool(hello.get("isolated")), hello.get("reason", "")
 
     def map_ids(self, uid: int):
-        """Map the namespace's root to `uid` (as root: a uid of the worker's own; else ours, the only one we may)."""
-        if os.geteuid() != 0:
-            uid = os.geteuid()
-        gid = uid if os.geteuid() == 0 else os.getegid()
-        for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
-            with open(f"/proc/{self.proc.pid}/{name}", "w") as f:
-                f.write(text)
+        """Map the namespace's root to `uid`, a uid of the worker's own, where we may (as root); else to ours."""
+        with open(f"/proc/{self.proc.pid}/setgroups", "w") as f:
+            f.write("deny")
+        own = [(os.geteuid(), os.getegid())]
+        for uid, gid in ([(uid, uid)] if os.geteuid() == 0 else []) + own:
+            try:  # a root whose own namespace maps no such uid (a rootless container) falls back to its own
+                for name, outer in (("uid_map", uid), ("gid_map", gid)):
+                    with open(f"/proc/{self.proc.pid}/{name}", "w") as f:
+                        f.write(f"0 {outer} 1")
+                return
+            except OSError:
+                if (uid, gid) == own[0]:
+                    raise
 
     def receive(self, timeout: float) -> dict:
         self.ctrl.settimeout(timeout)
@@ -123,7 +129,7 @@ def hidden_directories() -> list:
     dirs += site.getsitepackages() + [site.getusersitepackages()]
     stdlib = {sysconfig.get_paths()[name] for name in ("stdlib", "platstdlib")}
     dirs += [os.path.join(d, name) for d in stdlib for name in ("site-packages", "dist-packages")]
-    return sorted({os.path.realpath(d) for d in dirs})
+    return sorted({os.path.realpath(d) for d in dirs} - {"/"})  # a HOME of / would hide everything
 
 
 def kept_directories() -> list:

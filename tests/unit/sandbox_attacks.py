@@ -81,13 +81,14 @@ STDLIB_USER = ("import colorsys, graphlib, shlex, ipaddress, csv, fnmatch, zlib,
                "    return int(zlib.decompress(zlib.compress(str(3 * x + 1).encode())))\n")
 
 
-def processes_of(uid: int) -> set:
-    found = set()
+def sandbox_processes(uid: int) -> set:
+    """Processes of `uid` in a PID namespace other than ours: a sandbox's (each lives in its own)."""
+    ours, found = os.readlink("/proc/self/ns/pid"), set()
     for pid in os.listdir("/proc"):
         try:
-            if pid.isdigit() and os.stat(f"/proc/{pid}").st_uid == uid:
+            if pid.isdigit() and os.stat(f"/proc/{pid}").st_uid == uid and os.readlink(f"/proc/{pid}/ns/pid") != ours:
                 found.add(int(pid))
-        except FileNotFoundError:
+        except OSError:
             pass
     return found
 
@@ -122,14 +123,12 @@ def run_attacks(uid_base: int, visible_dir: str) -> dict:
         jobs += [Job(code, "f", CHECK), Job(HONEST + f"# {random.random()}", "f", CHECK)]
     jobs.append(Job(STDLIB_USER, "f", CHECK))
     limits = SandboxLimits(cpu_timeout=1.0, wall_timeout=5.0, nproc=8, retries=0)
-    before = processes_of(os.getuid())
     with Sandbox(1, limits, cache_path=cache, uid_base=uid_base) as sandbox:
         verdicts = sandbox.run(jobs)
         isolated = sandbox.isolated
-    sandbox_uids = [uid_base] if os.getuid() == 0 else [os.getuid()]
+    sandbox_uid = uid_base if os.getuid() == 0 else os.getuid()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (processes_of(os.getuid()) - before or
-                                           (os.getuid() == 0 and processes_of(uid_base))):
+    while time.monotonic() < deadline and sandbox_processes(sandbox_uid):
         time.sleep(0.1)
     try:
         server.accept()
@@ -146,9 +145,7 @@ def run_attacks(uid_base: int, visible_dir: str) -> dict:
         "secret_leaked": secret in json.dumps(verdicts) or secret in open(cache).read(),
         "network_reached": connected,
         "sleeper_alive": sleeper.poll() is None,
-        "processes_left": sorted((processes_of(os.getuid()) - before) | (
-            processes_of(uid_base) if os.getuid() == 0 else set())),
-        "sandbox_uids": sandbox_uids,
+        "processes_left": sorted(sandbox_processes(sandbox_uid)),
     }
     sleeper.kill()
     server.close()

@@ -93,6 +93,8 @@ def attack_report(request):
         shutil.rmtree(directory, ignore_errors=True)
 
 
+# One pytest worker runs both reports (`--dist loadgroup`): two runs as nobody at once would see each other's processes.
+@pytest.mark.xdist_group("sandbox_attacks")
 @pytest.mark.parametrize("attack", list(sandbox_attacks.ATTACKS))
 def test_attack_is_a_failure_and_the_worker_serves_the_next_job(attack_report, attack):
     index = list(sandbox_attacks.ATTACKS).index(attack)
@@ -101,6 +103,7 @@ def test_attack_is_a_failure_and_the_worker_serves_the_next_job(attack_report, a
     assert attack_report["honest_after"][index] == "passed"
 
 
+@pytest.mark.xdist_group("sandbox_attacks")
 def test_attacks_change_nothing_outside_and_leak_nothing(attack_report):
     report = attack_report
     assert report["isolated"]
@@ -109,6 +112,7 @@ def test_attacks_change_nothing_outside_and_leak_nothing(attack_report):
     assert report["sleeper_alive"] and report["processes_left"] == []
 
 
+@pytest.mark.xdist_group("sandbox_attacks")
 def test_the_standard_library_imports_wherever_python_lives(attack_report):
     """colorsys, graphlib, sqlite3, ... are not preloaded: they are read from the interpreter's own directory
     (here under /root, which neither a sandbox uid of its own nor nobody can traverse outside the sandbox)."""
