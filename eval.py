@@ -32,6 +32,8 @@ def split_perplexity(cfg, model, device, amp):
     if dataset is None:
         raise UserError(f"split '{cfg.data.split}' gives the {cfg.eval.eval_split} split no documents (key 'split')")
     result = perplexity(model, dataset, cfg.train.train_micro_batch_size_per_gpu, device, amp)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return {}
     unigram = result["unigram_entropy"] = unigram_entropy(dataset)
     print(f"{cfg.eval.eval_split} perplexity {result['perplexity']:.3f} (loss {result['loss']:.4f} nats/token "
           f"over {result['tokens']} tokens; a unigram model of this split: perplexity {math.exp(unigram):.3f}, "
@@ -71,13 +73,14 @@ def plan_language_perplexity(cfg):
 
 
 def language_perplexity(cfg, plan, model, tokenizer, device, amp, rank, world_size):
-    """Perplexity per language of whole files scored with rolling windows; files shared out across ranks."""
+    """Perplexity per language of whole files scored with rolling windows; files shared out across data-parallel
+    ranks."""
     from megatron_lite.evaluation.perplexity import score_files, summarize
     from megatron_lite.evaluation.report import markdown_table, write_perplexity_report
 
     e = cfg.eval
     files, context, stride = plan
-    table = score_files(model, tokenizer, files, context, stride, e.eval_batch_size, device, amp, rank, world_size)
+    table = score_files(model, tokenizer, files, context, stride, e.eval_batch_size, device, amp)
     summary = summarize(files, table)
     if rank == 0:
         print(markdown_table(summary), end="")
@@ -122,22 +125,30 @@ def plan_humaneval(cfg):
     return problems, samples
 
 
-def humaneval(cfg, plan, model, tokenizer):
-    """pass@k on HumanEval: sample (resumably) or take the given completions, execute them in the sandbox."""
+def humaneval(cfg, plan, model, tokenizer, rank):
+    """pass@k on HumanEval: sample (resumably) or take the given completions, execute them in the sandbox.
+    The first data-parallel replica's tensor-parallel group generates (rank 0 writes); rank 0 executes."""
     from megatron_lite.evaluation import humaneval as he
     from megatron_lite.evaluation.report import write_json
     from megatron_lite.evaluation.sandbox import Sandbox, SandboxLimits
+    from megatron_lite.parallel import state as parallel_state
 
     e = cfg.eval
     problems, samples = plan
     prefix = e.eval_results_prefix
+    par = parallel_state.get()
     if samples is None:
         from megatron_lite.generation.engine import TextGenerator
 
+        if par.dp_rank != 0:
+            return {}
         generator = TextGenerator(model, tokenizer, cfg.generate, cfg.model.max_position_embeddings, seed=cfg.train.seed)
         path = f"{prefix}_humaneval_samples.jsonl" if prefix else os.path.join(tempfile.mkdtemp(), "samples.jsonl")
+        synced = (lambda: torch_barrier(par.tp_group)) if par.tp_size > 1 else None
         samples = he.generate_samples(generator, problems, e.humaneval_num_samples, e.humaneval_batch_size, path,
-                                      cfg.train.seed, e.humaneval_style)
+                                      cfg.train.seed, e.humaneval_style, write=rank == 0, after_reading=synced)
+    if rank != 0:
+        return {}
     limits = SandboxLimits(e.humaneval_cpu_timeout, e.humaneval_wall_timeout, e.humaneval_memory_mb,
                            disk_mb=e.humaneval_disk_mb, retries=e.humaneval_timeout_retries)
     cache = e.humaneval_cache or (f"{prefix}_humaneval_cache.jsonl" if prefix else None)
@@ -153,6 +164,12 @@ def humaneval(cfg, plan, model, tokenizer):
     if prefix:
         print(f"wrote {write_json(f'{prefix}_humaneval.json', dict(result, samples_detail=per_sample))}")
     return {"humaneval": result}
+
+
+def torch_barrier(group):
+    import torch.distributed as dist
+
+    dist.barrier(group=group)
 
 
 @exit_on_user_error
@@ -182,7 +199,7 @@ def evaluate(cfg) -> dict:
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     by_language = "perplexity" in cfg.eval.eval_tasks and (cfg.eval.eval_data_dir or cfg.eval.eval_files)
     plan = plan_language_perplexity(cfg) if by_language else None
-    coding = plan_humaneval(cfg) if "humaneval" in cfg.eval.eval_tasks and rank == 0 else None
+    coding = plan_humaneval(cfg) if "humaneval" in cfg.eval.eval_tasks else None
     model, tokenizer, device = (None, None, None)
     if not (cfg.eval.eval_tasks == ["humaneval"] and cfg.eval.humaneval_samples_file):  # no model needed
         from megatron_lite.build import load_trained_model
@@ -200,10 +217,10 @@ def evaluate(cfg) -> dict:
         amp = functools.partial(autocast, device, precision.name)
         if by_language:
             results.update(language_perplexity(cfg, plan, model, tokenizer, device, amp, rank, world_size))
-        elif rank == 0:
+        else:  # every rank: data-parallel ranks share the batches, tensor-parallel ranks hold vocabulary slices
             results.update(split_perplexity(cfg, model, device, amp))
-    if "humaneval" in cfg.eval.eval_tasks and rank == 0:  # generation and execution run on one rank
-        results.update(humaneval(cfg, coding, model, tokenizer))
+    if "humaneval" in cfg.eval.eval_tasks:
+        results.update(humaneval(cfg, coding, model, tokenizer, rank))
     if cfg.eval.eval_results_prefix and rank == 0:
         from megatron_lite.evaluation.report import merge_into_json
 

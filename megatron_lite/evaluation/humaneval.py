@@ -84,18 +84,22 @@ def job_of(problem: dict, completion: str) -> Job:
 
 
 def generate_samples(generator, problems: List[dict], n: int, batch_size: int, path: str, seed: int,
-                     style: str = "codex") -> List[dict]:
+                     style: str = "codex", write: bool = True, after_reading=None) -> List[dict]:
     """n truncated completions per task, appended to `path` (jsonl) as they are made; a rerun resumes.
 
     Each batch is seeded from (seed, task, first sample index), so a resumed run (same batch size) samples
-    what a whole one would."""
+    what a whole one would. Tensor-parallel ranks all generate; one writes (`write`), and `after_reading` holds
+    the writer back until every rank has read what an earlier run left."""
     done = read_jsonl(path) if os.path.exists(path) else []
+    if after_reading:
+        after_reading()
     have = defaultdict(int)
     for sample in done:
         have[sample["task_id"]] += 1
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    end_cut_short_line(path)
-    with open(path, "a") as out:
+    if write:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        end_cut_short_line(path)
+    with open(path if write else os.devnull, "a") as out:
         for index, problem in enumerate(tqdm(problems, desc="humaneval samples", unit="task", disable=None)):
             while have[problem["task_id"]] < n:
                 start = have[problem["task_id"]]

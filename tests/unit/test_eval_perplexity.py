@@ -102,12 +102,12 @@ def test_uniform_logits_score_exactly_the_vocabulary_size_per_language(tree, tok
     files = find_eval_files(str(tree), [], ["C", "Go", "Python", "Rust"])
     summary = summarize(files, score(tiny_model(vocab, uniform=True), tokenizer, files, context=32, stride=13))
     assert list(summary) == ["C", "Go", "Python", "Rust", "overall"]
-    for name, s in summary.items():
-        assert s["perplexity"] == pytest.approx(vocab, rel=1e-12), name
-        assert s["bits_per_byte"] == pytest.approx(math.log2(vocab) * s["tokens"] / s["bytes"], rel=1e-12)
+    for name, s in summary.items():  # each position's log-softmax is fp32 (as lm-eval's): within 1e-7 of log(512)
+        assert s["perplexity"] == pytest.approx(vocab, rel=1e-6), name
+        assert s["bits_per_byte"] == pytest.approx(math.log2(vocab) * s["tokens"] / s["bytes"], rel=1e-6)
         # The PolyCoder fork's units: the summed log-likelihood over the summed bytes or Pygments tokens.
-        assert s["byte_perplexity"] == pytest.approx(vocab ** (s["tokens"] / s["bytes"]), rel=1e-9)
-        assert s["word_perplexity"] == pytest.approx(vocab ** (s["tokens"] / s["pygments_tokens"]), rel=1e-9)
+        assert s["byte_perplexity"] == pytest.approx(vocab ** (s["tokens"] / s["bytes"]), rel=1e-6)
+        assert s["word_perplexity"] == pytest.approx(vocab ** (s["tokens"] / s["pygments_tokens"]), rel=1e-6)
     # Pygments tokens as the fork's count_words: the language's lexer by its lower-cased name, whitespace included.
     for language in ("C", "Go", "Python", "Rust"):
         lexer = pygments.lexers.get_lexer_by_name(language.lower())
