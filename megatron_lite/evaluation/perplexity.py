@@ -64,8 +64,9 @@ def rolling_windows(num_tokens: int, context: int, stride: int) -> List[Tuple[in
 @torch.no_grad()
 def window_nll(model, inputs: torch.Tensor, targets: torch.Tensor, autocast_ctx, chunk: int = 1024) -> torch.Tensor:
     """Summed negative log-likelihood (nats) per row of the targets that are not -100 [b]: each position's in
-    fp32 (as lm-eval's log_softmax; float64 changed no result past 1e-9 relative and cost a third of the eval
-    time), their sums in float64. At tp > 1 the logits are vocabulary slices, reduced across the group."""
+    fp32 (as lm-eval's log_softmax; a float64 log-softmax moved the sum by 2e-9 relative and took 1.6 s against
+    0.45 s for 51k positions of a 4096 vocabulary), their sums in float64. At tp > 1 the logits are this rank's
+    vocabulary slice, reduced across the group."""
     with autocast_ctx():
         logits = model(inputs)  # [b, s, v/tp]
     keep = targets != -100  # [b, s]
