@@ -74,8 +74,13 @@ class _Worker:
         return None
 
     def close(self):
-        self.proc.kill()
-        self.proc.wait()
+        """End of input lets the judge stop its sandbox and remove its files; a judge that hangs is killed."""
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
 
 
 class Sandbox:

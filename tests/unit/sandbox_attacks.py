@@ -5,6 +5,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -149,6 +150,7 @@ def run_attacks(uid_base: int, visible_dir: str) -> dict:
     }
     sleeper.kill()
     server.close()
+    shutil.rmtree(os.path.dirname(secret_file))
     return report
 
 

@@ -43,14 +43,14 @@ def visible_dir(owner: int) -> str:
     return path
 
 
-def as_nobody(argv):
+def as_nobody(argv, scratch: str):
     """argv run as nobody, in a private mount namespace where the interpreter, the virtual environment and the
     repository are reachable even if they live under a private home (each bound at its own path on a tmpfs that
-    covers the directory nobody could not traverse)."""
+    covers the directory nobody could not traverse; the originals are reached through mount points in `scratch`)."""
     needed = sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, REPO)})
     script = ["set -e", "mount --make-rprivate /"]
     for blocked in sorted({closed_ancestor(p) for p in needed} - {None}):
-        stash = tempfile.mkdtemp(prefix="nobody-stash-")
+        stash = tempfile.mkdtemp(dir=scratch)
         script += [f"mount --bind '{blocked}' '{stash}'", f"mount -t tmpfs -o mode=755 tmpfs '{blocked}'"]
         for path in needed:
             if path.startswith(blocked + "/"):
@@ -85,8 +85,9 @@ def attack_report(request):
         pytest.skip("dropping to nobody needs root; as a non-root user the 'this user' run is the unprivileged one")
     directory = visible_dir(NOBODY)
     try:
-        proc = subprocess.run(as_nobody([sys.executable, sandbox_attacks.__file__, str(UID_BASE + 70), directory]),
-                              capture_output=True, text=True, timeout=150)
+        with tempfile.TemporaryDirectory() as scratch:
+            proc = subprocess.run(as_nobody([sys.executable, sandbox_attacks.__file__, str(UID_BASE + 70), directory],
+                                            scratch), capture_output=True, text=True, timeout=150)
         assert proc.returncode == 0, proc.stderr[-3000:]
         yield json.loads(proc.stdout.splitlines()[-1])
     finally:
