@@ -85,15 +85,15 @@ class Zygote:
         """Map the namespace's root to `uid`, a uid of the worker's own, where we may (as root); else to ours."""
         with open(f"/proc/{self.proc.pid}/setgroups", "w") as f:
             f.write("deny")
-        own = [(os.geteuid(), os.getegid())]
-        for uid, gid in ([(uid, uid)] if os.geteuid() == 0 else []) + own:
+        own = (os.geteuid(), os.getegid())
+        for ids in ([(uid, uid)] if os.geteuid() == 0 else []) + [own]:
             try:  # a root whose own namespace maps no such uid (a rootless container) falls back to its own
-                for name, outer in (("uid_map", uid), ("gid_map", gid)):
+                for name, outer in zip(("uid_map", "gid_map"), ids):
                     with open(f"/proc/{self.proc.pid}/{name}", "w") as f:
                         f.write(f"0 {outer} 1")
                 return
             except OSError:
-                if (uid, gid) == own[0]:
+                if ids == own:
                     raise
 
     def receive(self, timeout: float) -> dict:
