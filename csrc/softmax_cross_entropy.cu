@@ -17,7 +17,8 @@ __global__ void ce_forward(const T* __restrict__ x, const int64_t* __restrict__ 
   block_max_sum(m, s);
   if (threadIdx.x == 0) {
     lse[row] = m + logf(s);
-    loss[row] = lse[row] - load(xr + labels[row]);
+    const int64_t label = labels[row];  // checked here, not on the host: a host check syncs every micro step
+    loss[row] = (label >= 0 && label < v) ? lse[row] - load(xr + label) : __int_as_float(0x7fc00000);  // NaN
   }
 }
 

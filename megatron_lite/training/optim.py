@@ -1,5 +1,7 @@
 """AdamW with decoupled weight decay on matrices only, fused when torch offers it."""
 
+import math
+
 import torch
 import torch.distributed as dist
 
@@ -42,7 +44,6 @@ def clip_grad_norm(params, max_norm: float, tp_group=None) -> float:
     if tp_group is not None and sharded:
         dist.all_reduce(total, group=tp_group)
     norm = (total + sum_sq(replicated)).sqrt()
-    coef = max_norm / (norm + 1e-6)
-    if coef < 1.0:
-        torch._foreach_mul_(grads, coef.item())
-    return norm.item()
+    if math.isfinite(max_norm):  # scaled on the device by min(1, max_norm / norm): no host sync
+        torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0))
+    return norm.item()  # the step's one host sync: the overflow decision and the log need the number

@@ -88,6 +88,9 @@ class Terminal:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:
             os.chdir(REPO)
+            # A shell ignores SIGINT in what it starts in the background, and exec keeps that: a terminal's
+            # Ctrl-C must work even when the test suite was started so.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.execv(sys.executable, [sys.executable, *argv])
         self.seen = ""
 

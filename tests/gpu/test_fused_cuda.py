@@ -78,3 +78,15 @@ def test_softmax_cross_entropy_cuda(shape, dtype):
     loss.backward(grad)
     ref_loss.backward(grad)
     torch.testing.assert_close(ours.grad, ref.grad, **TOL[dtype])
+
+
+def test_cross_entropy_kernel_gives_nan_for_a_label_out_of_range_without_a_host_sync():
+    """The range check is in the kernel (a host-side min/max would sync every micro step)."""
+    logits, labels = torch.randn(4, 300, device="cuda"), torch.tensor([0, 299, 300, -1], device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host sync inside raises
+    try:
+        loss = fused.softmax_cross_entropy(logits, labels, kernel(torch.float32))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert loss[:2].isfinite().all() and loss[2:].isnan().all()

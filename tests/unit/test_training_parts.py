@@ -191,3 +191,22 @@ def test_loading_refuses_mismatched_shapes_and_missing_checkpoints(tmp_path):
     (tmp_path / "latest").write_text("global_step99\n")
     with pytest.raises(UserError, match="not a checkpoint directory"):
         C.latest_checkpoint(str(tmp_path))
+
+
+def test_a_training_step_syncs_with_the_host_once_whatever_the_accumulation(micro_config, monkeypatch):
+    """No .item() (a host sync on a GPU) per micro batch or in clipping: the step's one is the gradient norm's."""
+    from megatron_lite.config_loader import load_config
+    from megatron_lite.training.trainer import Trainer
+
+    counts = {}
+    for gas in (1, 4):
+        cfg = load_config([micro_config], ["--gradient-accumulation-steps", str(gas), "--gradient-clipping", "1.0",
+                                           "--peak-tflops", "1", "--train-iters", "3"])
+        trainer = Trainer(cfg)
+        trainer.train_step()  # warm-up
+        calls, item = [], torch.Tensor.item
+        monkeypatch.setattr(torch.Tensor, "item", lambda self: calls.append(1) or item(self))
+        trainer.train_step()
+        monkeypatch.undo()
+        counts[gas] = len(calls)
+    assert counts[4] == counts[1] <= 2  # the gradient norm, and the logged loss
