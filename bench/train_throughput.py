@@ -7,9 +7,9 @@ autocast over fp32 master weights on both sides), AdamW with the same hyperparam
 clipping. --fusions turns on our fused kernels (causal softmax, bias-GeLU in its tanh form, softmax
 cross-entropy; the peer then uses transformers' tanh GeLU too, so both compute the same function).
 The peer runs twice: torch's default AdamW (what a plain loop gets) and the fused AdamW we use; the
-ratio is taken against the faster of the two. Steps are interleaved in rounds
-(ours, peer, peer-fused) after warm-up, and each side's median step time gives its tokens/s.
-Ends with `RATIO train_throughput <ours/peer>`.
+ratio is taken against the faster of the two. Both run on --device; the first step's losses must agree
+before any timing. Steps are interleaved in rounds (ours, peer, peer-fused) after warm-up, clocks read with the
+device idle, and each side's median step time gives its tokens/s. Ends with `RATIO train_throughput <ours/peer>`.
 """
 
 import argparse
@@ -20,7 +20,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,10 @@ sys.path.insert(0, REPO)
 from megatron_lite.config_loader import load_config  # noqa: E402
 from megatron_lite.precision import autocast  # noqa: E402
 from megatron_lite.training.trainer import Trainer, get_batch  # noqa: E402
+from device import add_device_argument, select_device, timed  # noqa: E402
 from peers import transformers_twin  # noqa: E402
+
+FIRST_LOSS_RTOL = {"fp32": 1e-4, "bf16": 2e-2}  # bf16: the two sides round in different places
 
 
 def prepare_data(workdir: str) -> tuple:
@@ -62,10 +64,10 @@ def peer_step(peer, optimizer, batches, clip, precision):
             logits = peer(input_ids=tokens[:, :-1]).logits  # [b, s, v]
         loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
         (loss / len(batches)).backward()
-        total += loss.item()
+        total += loss.detach()  # read once per step, as ours does (each .item() waits for a GPU)
     torch.nn.utils.clip_grad_norm_(peer.parameters(), clip)
     optimizer.step()
-    return total / len(batches)
+    return (total / len(batches)).item()
 
 
 def peer_optimizer(peer, o, fused):
@@ -83,7 +85,9 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     parser.add_argument("--fusions", choices=("on", "off"), default="on")
+    add_device_argument(parser)
     args = parser.parse_args()
+    device = select_device(args.device)
 
     with tempfile.TemporaryDirectory() as workdir:
         prefix, tokenizer = prepare_data(workdir)
@@ -96,12 +100,13 @@ def main():
         cfg = load_config([args.config], overrides)
         cfg.log.peak_tflops = 1.0  # skip the CPU peak measurement: MFU is not reported here
         trainer = Trainer(cfg)
-        peer = transformers_twin(trainer.model, cfg.model).train()
+        assert trainer.device.type == device.type, (trainer.device, device)
+        peer = transformers_twin(trainer.model, cfg.model).to(device).train()
         t = cfg.train
         tokens_per_step = t.train_batch_size * cfg.model.seq_length
         micro, gas = t.train_micro_batch_size_per_gpu, t.gradient_accumulation_steps
         peers = {"hf_default_adamw": peer_optimizer(peer, cfg.optim, fused=False)}
-        peer_fused = transformers_twin(trainer.model, cfg.model).train()
+        peer_fused = transformers_twin(trainer.model, cfg.model).to(device).train()
         peers["hf_fused_adamw"] = peer_optimizer(peer_fused, cfg.optim, fused=True)
         models = {"hf_default_adamw": peer, "hf_fused_adamw": peer_fused}
 
@@ -115,26 +120,29 @@ def main():
                                args.precision)
         peer_step(peer_fused, peers["hf_fused_adamw"], batches(0), cfg.optim.gradient_clipping, args.precision)
         print(f"first-step loss: ours {first_ours:.5f}  transformers {first_peer:.5f}")
+        if abs(first_ours - first_peer) > FIRST_LOSS_RTOL[args.precision] * abs(first_peer):
+            raise SystemExit(f"not like for like: first-step losses differ by more than "
+                             f"{FIRST_LOSS_RTOL[args.precision]} relative")
 
         times = {"ours": [], **{k: [] for k in peers}}
         step = 1
         for r in range(args.warmup + args.rounds):
             for name in times:
                 for _ in range(args.steps_per_round):
-                    start = time.perf_counter()
                     if name == "ours":
-                        trainer.train_step()
+                        elapsed = timed(trainer.train_step, device)
                     else:
-                        peer_step(models[name], peers[name], batches(step), cfg.optim.gradient_clipping,
-                                  args.precision)
+                        data = batches(step)
+                        elapsed = timed(lambda: peer_step(models[name], peers[name], data,
+                                                          cfg.optim.gradient_clipping, args.precision), device)
                     if r >= args.warmup:
-                        times[name].append(time.perf_counter() - start)
+                        times[name].append(elapsed)
                 step += 1
 
     m = cfg.model
     print(f"shape: {m.num_layers} layers x {m.hidden_size} hidden x {m.num_attention_heads} heads, seq "
           f"{m.seq_length}, vocab {m.padded_vocab_size}, global batch {t.train_batch_size} ({micro} x {gas}), "
-          f"{args.precision}, fusions {args.fusions}, "
+          f"{args.precision}, fusions {args.fusions}, device {device}, "
           f"AdamW lr {cfg.optim.lr} clip {cfg.optim.gradient_clipping}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {args.rounds} interleaved rounds x {args.steps_per_round} steps")
     rates = {}
