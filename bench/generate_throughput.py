@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Generation speed: our TextGenerator vs Hugging Face transformers generate(), same weights, same run.
 
-Both decode greedily with a KV cache, fp32 on CPU, from the same 128-token prompt, exactly the same
+Both decode greedily with a KV cache, fp32 on --device, from the same 128-token prompt, exactly the same
 number of new tokens (end-of-document disabled on both sides), at batch 1 and batch 8. Time to first
-token is one prefill plus one step. Rounds are interleaved after warm-up; medians are reported.
+token is one prefill plus one step. Rounds are interleaved after warm-up, clocks read with the device idle;
+medians are reported.
 Ours runs its decoding steps' linears through csrc/decode_linear_cpu.cpp; transformers through torch's linear.
 Ends with `RATIO generate <ours/peer>` (batch-1 tokens/s); exits 1 first if the greedy tokens differ.
 """
@@ -12,7 +13,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import torch
 
@@ -23,6 +23,7 @@ from megatron_lite.config import GenerateConfig  # noqa: E402
 from megatron_lite.config_loader import load_config  # noqa: E402
 from megatron_lite.generation.engine import TextGenerator  # noqa: E402
 from megatron_lite.model.gpt import GPTModel  # noqa: E402
+from device import add_device_argument, select_device, timed  # noqa: E402
 from peers import transformers_twin  # noqa: E402
 
 
@@ -40,14 +41,17 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=0, help="torch threads for both sides (0 = default)")
+    add_device_argument(parser)
     args = parser.parse_args()
+    device = select_device(args.device)
 
     m = load_config([args.config]).model
     m.max_position_embeddings = max(m.max_position_embeddings, args.prompt_tokens + args.new_tokens + 1)
     m.padded_vocab_size = args.vocab
     torch.manual_seed(0)
     model = GPTModel(m).eval()
-    peer = transformers_twin(model, m, eos_token_id=None, bos_token_id=None, pad_token_id=0).eval()
+    peer = transformers_twin(model, m, eos_token_id=None, bos_token_id=None, pad_token_id=0).to(device).eval()
+    model.to(device)
     prompt = torch.randint(1, args.vocab, (args.prompt_tokens,)).tolist()
 
     def ours(batch, new):
@@ -55,7 +59,7 @@ def main():
         return TextGenerator(model, NoEodTokenizer(), cfg, m.max_position_embeddings).generate_ids(prompt, batch)
 
     def theirs(batch, new):
-        ids = torch.tensor([prompt] * batch)
+        ids = torch.tensor([prompt] * batch, device=device)
         with torch.inference_mode():
             out = peer.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
                                 do_sample=False, use_cache=True)
@@ -76,13 +80,12 @@ def main():
     times = {(name, batch, new): [] for name, _, batch, new in cases}
     for r in range(args.rounds + 1):  # round 0 is warm-up
         for name, fn, batch, new in cases:
-            start = time.perf_counter()
-            fn(batch, new)
+            elapsed = timed(lambda: fn(batch, new), device)
             if r:
-                times[(name, batch, new)].append(time.perf_counter() - start)
+                times[(name, batch, new)].append(elapsed)
 
     print(f"shape: {m.num_layers} layers x {m.hidden_size} hidden x {m.num_attention_heads} heads, vocab {args.vocab}, "
-          f"prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, greedy, KV cache, fp32, "
+          f"prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, greedy, KV cache, fp32 on {device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} interleaved rounds (medians)")
     rate = {}
     for batch in (1, 8):
