@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from megatron_lite.model import fused  # noqa: E402
 from device import add_device_argument, select_device, timed  # noqa: E402
