@@ -3,10 +3,11 @@
 
 Both score the same whole files (stdlib Python modules) with rolling windows of the model's max positions, as the
 PolyCoder fork's harness does (end-of-text as the first token's context, disjoint windows, the last back-filled),
-fp32 on CPU, the same torch threads: ours is `score_files` on our model (what eval.py runs with
+fp32 on --device, the same torch threads: ours is `score_files` on our model (what eval.py runs with
 eval-polycoder-compat); the peer is `HFLM.loglikelihood_rolling` on the same weights exported with our to-hf
 writer. Every file's log-likelihood is checked equal (rel 1e-4) before timing; then rounds alternate (ours, peer)
-and medians are compared. Ends with `RATIO eval_perplexity <ours/peer>` in scored tokens per second.
+and medians are compared, clocks read with the device idle. Ends with `RATIO eval_perplexity <ours/peer>` in
+scored tokens per second.
 """
 
 import argparse
@@ -20,7 +21,6 @@ import statistics
 import sys
 import sysconfig
 import tempfile
-import time
 
 import torch
 
@@ -30,6 +30,7 @@ sys.path.insert(0, REPO)
 from megatron_lite.config import ModelConfig  # noqa: E402
 from megatron_lite.data.tokenizer import build_tokenizer, save_tokenizer, train_byte_level_bpe  # noqa: E402
 from megatron_lite.evaluation.perplexity import score_files  # noqa: E402
+from device import add_device_argument, select_device, timed  # noqa: E402
 from megatron_lite.interop.hf import save_hf_dir  # noqa: E402
 from megatron_lite.model.gpt import GPTModel  # noqa: E402
 
@@ -54,7 +55,9 @@ def main():
     p.add_argument("--context", type=int, default=256, help="max positions = window length")
     p.add_argument("--batch", type=int, default=8, help="windows per forward pass, both sides")
     p.add_argument("--rounds", type=int, default=3)
+    add_device_argument(p)
     args = p.parse_args()
+    device = select_device(args.device)
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
@@ -75,12 +78,13 @@ def main():
         torch.manual_seed(0)
         model = GPTModel(cfg).eval()
         save_hf_dir(os.path.join(workdir, "hf"), model.state_dict(), cfg, tokenizer)
-        peer = HFLM(pretrained=os.path.join(workdir, "hf"), device="cpu", dtype="float32", batch_size=args.batch,
+        model.to(device)
+        peer = HFLM(pretrained=os.path.join(workdir, "hf"), device=str(device), dtype="float32", batch_size=args.batch,
                     max_length=args.context)
         requests = [Instance("loglikelihood_rolling", {}, (text,), i) for i, text in enumerate(texts)]
 
         def ours():
-            return score_files(model, tokenizer, files, args.context, args.context, args.batch, torch.device("cpu"),
+            return score_files(model, tokenizer, files, args.context, args.context, args.batch, device,
                                contextlib.nullcontext)
 
         def theirs():
@@ -93,16 +97,14 @@ def main():
         times = {"ours": [], "lm-eval HFLM": []}
         for _ in range(args.rounds):
             for name, fn in (("ours", ours), ("lm-eval HFLM", theirs)):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
+                times[name].append(timed(fn, device))
         import lm_eval
         import transformers
 
         print(f"CPU: {cpu_flags()}; torch {torch.__version__}, {torch.get_num_threads()} threads; transformers "
               f"{transformers.__version__}, lm-eval {lm_eval.__version__}")
         print(f"like for like: {len(files)} stdlib files, {tokens} tokens, model {args.layers} x {args.hidden} x "
-              f"{args.heads}, windows of {args.context}, batch {args.batch}, fp32; every file's log-likelihood "
+              f"{args.heads}, windows of {args.context}, batch {args.batch}, fp32 on {device}; every file's log-likelihood "
               f"equal (rel 1e-4)")
         med = {name: statistics.median(ts) for name, ts in times.items()}
         for name, ts in times.items():
