@@ -6,7 +6,7 @@ TORCH_VERSION := 2.13.0
 STDLIB := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
 DEMO := data/stdlib
 
-.PHONY: install install-test demo test test-all bench clean
+.PHONY: install install-test demo test test-all bench gpu-check clean
 
 # The demo needs the package only; tests and benches add the peers and optional engines they compare against.
 install: $(VENV)/.installed
@@ -50,6 +50,13 @@ test: install-test
 
 test-all: install-test
 	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=25 tests
+
+# Everything that needs a GPU, in one command and one summary (runs/gpu_check/summary.txt), at most ~8 minutes on
+# an H100/H200. It uses the Python it finds ($(VENV), else GPU_CHECK_PYTHON, else python3): a GPU machine brings
+# its own CUDA torch. GPU_CHECK_DRY=1: the same steps on the CPU with tiny shapes (the default test suite runs it).
+GPU_CHECK_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	$(GPU_CHECK_PYTHON) tools/gpu_check.py $(GPU_CHECK_ARGS)
 
 bench: install-test
 	$(PY) bench/train_throughput.py

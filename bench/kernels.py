@@ -82,6 +82,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--small", action="store_true", help="tiny shapes (a check that the bench runs)")
     add_device_argument(parser)
     args = parser.parse_args()
     device = select_device(args.device)
@@ -96,7 +97,7 @@ def main():
         if kernel is None:
             raise SystemExit(f"no fused kernel for {device} {dtype}: {why}")
         tag = str(dtype).replace("torch.", "")
-        for batch_heads, seq in ((32 * 4, 512), (8 * 4, 1024), (4 * 4, 2048)):
+        for batch_heads, seq in ((8, 512),) if args.small else ((32 * 4, 512), (8 * 4, 1024), (4 * 4, 2048)):
             x = torch.randn(batch_heads // 4, 4, seq, seq, device=device, dtype=dtype)
             r = compare(f"causal softmax {tag} [{batch_heads // 4}, 4, {seq}, {seq}]",
                         lambda t: fused.causal_softmax(t, 0.125, kernel), lambda t: unfused_causal(t, 0.125),
@@ -107,7 +108,7 @@ def main():
         mask = torch.rand(8, 1, 512, 512, device=device) < 0.3
         compare(f"masked softmax {tag} [8, 4, 512, 512]", lambda t: fused.masked_softmax(t, mask, 0.125, kernel),
                 lambda t: unfused_masked(t, mask, 0.125), [x], args.rounds, args.warmup, device)
-        for rows, h in ((16 * 256, 4 * 256), (4 * 2048, 4 * 768)):
+        for rows, h in ((256, 1024),) if args.small else ((16 * 256, 4 * 256), (4 * 2048, 4 * 768)):
             x, bias = torch.randn(rows, h, device=device, dtype=dtype), torch.randn(h, device=device)
             compare(f"bias-GeLU {tag} [{rows}, {h}] (+ fp32 bias [{h}])", lambda t, b: fused.bias_gelu(t, b, kernel),
                     unfused_bias_gelu, [x, bias], args.rounds, args.warmup, device)

@@ -36,12 +36,12 @@ from peers import transformers_twin  # noqa: E402
 FIRST_LOSS_RTOL = {"fp32": 1e-4, "bf16": 2e-2}  # bf16: the two sides round in different places
 
 
-def prepare_data(workdir: str) -> tuple:
+def prepare_data(workdir: str, packages) -> tuple:
     """Stdlib packages -> corpus -> tokenizer -> .bin/.idx with our own tools; returns (prefix, tokenizer)."""
     stdlib = sysconfig.get_paths()["stdlib"]
     src = os.path.join(workdir, "src")
     os.makedirs(src)
-    for package in ("json", "email", "logging", "http", "urllib", "asyncio", "xml", "unittest"):
+    for package in packages:
         shutil.copytree(os.path.join(stdlib, package), os.path.join(src, package),
                         ignore=shutil.ignore_patterns("__pycache__", "test*"))
     corpus, tok = os.path.join(workdir, "corpus.jsonl"), os.path.join(workdir, "tok")
@@ -85,12 +85,14 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     parser.add_argument("--fusions", choices=("on", "off"), default="on")
+    parser.add_argument("--packages", default="json,email,logging,http,urllib,asyncio,xml,unittest",
+                        help="standard-library packages to train on")
     add_device_argument(parser)
     args = parser.parse_args()
     device = select_device(args.device)
 
     with tempfile.TemporaryDirectory() as workdir:
-        prefix, tokenizer = prepare_data(workdir)
+        prefix, tokenizer = prepare_data(workdir, args.packages.split(","))
         fusion = "true" if args.fusions == "on" else "false"
         overrides = ["--data-path", prefix, "--tokenizer-type", "HFTokenizer", "--vocab-file", tokenizer,
                      "--precision", args.precision,
