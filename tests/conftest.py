@@ -18,9 +18,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STDLIB = sysconfig.get_paths()["stdlib"]
 
 
+def cpu_env(**extra) -> dict:
+    """The environment for a process a test means to run on the CPU, also on a GPU machine: no CUDA device, so
+    torch.distributed picks gloo and tensors stay on the CPU (several ranks on one GPU would fail under NCCL)."""
+    return dict(os.environ, CUDA_VISIBLE_DEVICES="", **extra)
+
+
 def run_tool(*args, check=True, cwd=REPO, timeout=300):
-    """Run a repo script with this interpreter; returns the CompletedProcess (text output)."""
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    """Run a repo script with this interpreter, on the CPU; returns the CompletedProcess (text output)."""
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=cpu_env())
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

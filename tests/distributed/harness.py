@@ -13,8 +13,9 @@ def free_port() -> int:
 
 
 def _worker(fn, rank, world, tp, port, args, errors):
+    # CUDA_VISIBLE_DEVICES="": these tests mean the CPU (gloo), also on a GPU machine; set before CUDA initialises.
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
     try:
         import torch
 

@@ -3,13 +3,12 @@
 (generation on the tensor-parallel group, execution on rank 0)."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import REPO, run_tool
+from tests.conftest import REPO, cpu_env, run_tool
 from tests.e2e.test_eval_cli import language_tree, trained  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.timeout(600)
@@ -32,7 +31,7 @@ def eval_run(configs, ckpt, prefix, procs, tp, *extra):
     if procs == 1:
         run_tool(*args)
     else:
-        env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+        env = cpu_env(OMP_NUM_THREADS="1")
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                                str(procs), *args], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]

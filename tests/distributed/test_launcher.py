@@ -15,7 +15,7 @@ from megatron_lite.errors import UserError
 from megatron_lite import launcher
 from megatron_lite.config import ParallelConfig
 from megatron_lite.launcher import read_hostfile
-from tests.conftest import REPO, run_tool
+from tests.conftest import REPO, cpu_env, run_tool
 from tests.distributed.harness import free_port
 
 FAILING_SCRIPT = textwrap.dedent(
@@ -87,7 +87,7 @@ def test_failing_rank_stops_the_job(micro_config, tmp_path, mode):
     script.write_text(FAILING_SCRIPT)
     started = time.time()
     proc = subprocess.run([sys.executable, "deepy.py", str(script), micro_config, "--num-procs", "2"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "FAIL_MODE": mode})
+                          cwd=REPO, capture_output=True, text=True, timeout=120, env=cpu_env(FAIL_MODE=mode))
     elapsed = time.time() - started
     assert proc.returncode != 0
     assert elapsed < 60, f"took {elapsed:.0f}s"

@@ -13,7 +13,7 @@ import pygments.lexers
 import pytest
 
 from megatron_lite.evaluation.humaneval import load_problems
-from tests.conftest import REPO, run_tool
+from tests.conftest import REPO, cpu_env, run_tool
 
 pytestmark = pytest.mark.timeout(300)
 STDLIB = sysconfig.get_paths()["stdlib"]
@@ -70,7 +70,7 @@ def test_perplexity_per_language_on_one_and_two_ranks(tmp_path, trained):
     assert one["overall"]["files"] == 6 and one["overall"]["bytes"] == sum(
         os.path.getsize(p) for p in (tmp_path / "langs").rglob("*.*") if p.suffix != ".txt")
 
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = cpu_env(OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "eval.py", *args, "--eval-results-prefix", str(tmp_path / "two" / "run")],
                           cwd=REPO, capture_output=True, text=True, timeout=240, env=env)
@@ -203,7 +203,7 @@ doc_to_target: "{{{{text}}}}"
 metric_list:
   - metric: bits_per_byte
 """)
-    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "cache"))
+    env = cpu_env(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "cache"))
     proc = subprocess.run([sys.executable, "-m", "megatron_lite.evaluation.lm_eval_adapter", "run", "--model",
                            "megatron_lite", "--model_args", f"config={config},load={ckpt}", "--include_path",
                            str(tmp_path / "tasks"), "--tasks", "local_code"],

@@ -91,6 +91,7 @@ class Terminal:
             # A shell ignores SIGINT in what it starts in the background, and exec keeps that: a terminal's
             # Ctrl-C must work even when the test suite was started so.
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a CPU test, also on a GPU machine
             os.execv(sys.executable, [sys.executable, *argv])
         self.seen = ""
 
