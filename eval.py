@@ -142,7 +142,11 @@ def humaneval(cfg, plan, model, tokenizer, rank):
 
         if par.dp_rank != 0:
             return {}
-        generator = TextGenerator(model, tokenizer, cfg.generate, cfg.model.max_position_embeddings, seed=cfg.train.seed)
+        from megatron_lite.precision import resolve_inference_precision
+
+        precision = resolve_inference_precision(cfg.precision.inference_precision, next(model.parameters()).device)
+        generator = TextGenerator(model, tokenizer, cfg.generate, cfg.model.max_position_embeddings, seed=cfg.train.seed,
+                                  precision=precision.name)
         path = f"{prefix}_humaneval_samples.jsonl" if prefix else os.path.join(tempfile.mkdtemp(), "samples.jsonl")
         synced = (lambda: torch_barrier(par.tp_group)) if par.tp_size > 1 else None
         samples = he.generate_samples(generator, problems, e.humaneval_num_samples, e.humaneval_batch_size, path,
@@ -209,11 +213,11 @@ def evaluate(cfg) -> dict:
     if "perplexity" in cfg.eval.eval_tasks:
         import functools
 
-        from megatron_lite.precision import autocast, resolve_precision
+        from megatron_lite.precision import autocast, resolve_inference_precision
 
-        precision = resolve_precision(cfg.precision.precision, device)
+        precision = resolve_inference_precision(cfg.precision.inference_precision, device)
         if rank == 0:
-            print(f"precision: {precision.name} ({precision.reason})")
+            print(f"inference precision: {precision.name} ({precision.reason})")
         amp = functools.partial(autocast, device, precision.name)
         if by_language:
             results.update(language_perplexity(cfg, plan, model, tokenizer, device, amp, rank, world_size))

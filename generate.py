@@ -77,10 +77,15 @@ def generate(cfg) -> None:
     g = cfg.generate
     if g.text_gen_type == "interactive" and g.prompt is None and cfg.parallel.world_size > 1:
         raise UserError("text-gen-type interactive runs in one process; use input-file with several ranks")
-    model, tokenizer, _ = load_trained_model(cfg)
-    generator = TextGenerator(model, tokenizer, g, cfg.model.max_position_embeddings, seed=cfg.train.seed)
+    from megatron_lite.precision import resolve_inference_precision
+
+    model, tokenizer, device = load_trained_model(cfg)
+    precision = resolve_inference_precision(cfg.precision.inference_precision, device)
+    generator = TextGenerator(model, tokenizer, g, cfg.model.max_position_embeddings, seed=cfg.train.seed,
+                              precision=precision.name)
     # Tensor-parallel peers compute the same samples; rank 0 reports them.
     say = print if parallel_state.get().rank == 0 else (lambda *args: None)
+    say(f"inference precision: {precision.name} ({precision.reason})", file=sys.stderr)
     completions = []
     if g.prompt is not None:
         completions = generator.complete(unescape(g.prompt))  # \n and \t as in interactive mode

@@ -137,6 +137,8 @@ class TrainConfig:
 class PrecisionConfig:
     precision: str = opt("auto", "fp32 | fp16 | bf16 (or fp16.enabled / bf16.enabled) | auto: bf16 where the device "
                                  "runs it natively (measured on CPU), else fp32. GPT-NeoX's default is fp32")
+    inference_precision: str = opt("auto", "generate.py and eval.py (ours): fp32 | bf16 | fp16 | auto: bf16 on a GPU "
+                                           "that has it, else fp32 (on the CPU: fp32)")
     loss_scale: float = opt(0.0, "fp16 static loss scale; 0 = dynamic")
     initial_scale_power: int = opt(16, "fp16 dynamic loss scaling starts at 2**this")
     loss_scale_window: int = opt(1000, "fp16: steps without overflow before the scale doubles")

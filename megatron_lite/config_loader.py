@@ -48,6 +48,7 @@ CHOICES = {
     "optimizer_type": ("Adam", "AdamW"),
     "lr_decay_style": ("linear", "cosine", "exponential", "constant", "inverse_square_root"),
     "precision": ("auto", "fp32", "fp16", "bf16"),
+    "inference_precision": ("auto", "fp32", "fp16", "bf16"),
     "text_gen_type": ("unconditional", "input-file", "interactive"),
     "launcher": ("torchrun", "pdsh", "mpirun", "openmpi"),  # GPT-NeoX's pdsh / openmpi map to ours
     "eval_split": ("valid", "test"),

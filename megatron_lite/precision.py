@@ -111,6 +111,16 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
     return Precision(requested, f"set by the config; this CPU's {requested} matmul measured {speedup:.2g}x fp32")
 
 
+def resolve_inference_precision(requested: str, device: torch.device) -> Precision:
+    """The format generate.py and eval.py compute in: `requested` (inference-precision). auto: bf16 on a GPU that
+    has it (flash attention, half the memory traffic), fp32 on the CPU and on older GPUs (exact)."""
+    if requested != "auto":
+        return resolve_precision(requested, device)
+    if device.type == "cuda":
+        return resolve_precision("auto", device)
+    return Precision("fp32", "auto: fp32 on the CPU (inference-precision: bf16 where it computes bf16 natively)")
+
+
 def autocast(device: torch.device, precision: str):
     """Mixed precision keeps fp32 master weights and runs matmuls in 16-bit (`precision` as resolved)."""
     if precision == "fp32":

@@ -4,6 +4,7 @@
 path is tested against.
 """
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from megatron_lite.generation.sampling import apply_repetition_penalty, sample_n
 from megatron_lite.generation.stopping import cut_point
 from megatron_lite.parallel import state as parallel_state
 from megatron_lite.parallel.mappings import gather_from_tp_region
+from megatron_lite.precision import autocast
 
 
 @dataclass
@@ -30,11 +32,14 @@ class Completion:
 class TextGenerator:
     """Completes prompts with one model and one decoding configuration; seeded, so runs repeat."""
 
-    def __init__(self, model, tokenizer, cfg: GenerateConfig, max_len: int, seed: int = 1234, fast_decode: bool = True):
+    def __init__(self, model, tokenizer, cfg: GenerateConfig, max_len: int, seed: int = 1234, fast_decode: bool = True,
+                 precision: str = "fp32"):
         self.model, self.tokenizer, self.cfg, self.max_len = model.eval(), tokenizer, cfg, max_len
         self.device = next(model.parameters()).device
         self.rng = torch.Generator(device=self.device).manual_seed(seed)
-        self.fast = FastDecoder(model) if fast_decode and supports(model) else None
+        self.amp = functools.partial(autocast, self.device, precision)  # precision: as resolve_inference_precision
+        # The fast step computes in fp32 (its kernels' format); other precisions decode through the model.
+        self.fast = FastDecoder(model) if fast_decode and precision == "fp32" and supports(model) else None
         self.tp_size = parallel_state.get().tp_size
 
     def complete(self, prompt: str, num_samples: int = None, on_text=None) -> list:
@@ -83,11 +88,13 @@ class TextGenerator:
         last_only=False still returns the last logits but runs the final norm over every position
         (contrastive search reads those hidden states)."""
         if cache is None:
-            logits = self.model(everything, last_only=last_only)[:, -1]
+            with self.amp():
+                logits = self.model(everything, last_only=last_only)[:, -1]
         elif self.fast is not None and new.size(1) == 1:
             return self.fast.step(new, cache)
         else:
-            logits = self.model(new, kv_cache=cache, last_only=last_only)[:, -1]  # positions continue from the cache
+            with self.amp():
+                logits = self.model(new, kv_cache=cache, last_only=last_only)[:, -1]  # positions continue from the cache
         # Tensor-parallel ranks hold vocabulary slices: every rank gathers the whole row, so every rank
         # (with the same seed) picks the same token.
         return gather_from_tp_region(logits) if self.tp_size > 1 else logits  # [b, v]

@@ -27,7 +27,7 @@ def eval_run(configs, ckpt, prefix, procs, tp, *extra):
     """eval.py in `procs` processes (gloo on the CPU, also on a GPU machine), fp32 (tensor parallelism changes
     the order of sums: bf16 would differ by its rounding); its results JSON."""
     args = ["eval.py", *configs, "--load", ckpt, "--model-parallel-size", str(tp), "--eval-results-prefix", prefix,
-            "--precision", "fp32", *extra]
+            "--inference-precision", "fp32", *extra]
     if procs == 1:
         run_tool(*args)
     else:

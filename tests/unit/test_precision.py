@@ -123,3 +123,45 @@ def test_shipped_tiny_config_leaves_precision_to_the_hardware():
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cfg = load_config([os.path.join(repo, "configs", "tiny.yml")])
     assert cfg.precision.precision == "auto" and cfg.train.train_time_budget == 300
+
+
+def test_inference_precision_auto_is_fp32_on_the_cpu_and_bf16_on_a_gpu_that_has_it(monkeypatch, cpu_speeds):
+    cpu_speeds["bf16"] = 300.0  # even where the CPU computes bf16 fast: auto stays exact there
+    assert precision.resolve_inference_precision("auto", CPU).name == "fp32"
+    assert precision.resolve_inference_precision("bf16", CPU).name == "bf16"  # explicit is honoured
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA Faked GPU")
+    for has_bf16, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: has_bf16)
+        assert precision.resolve_inference_precision("auto", torch.device("cuda")).name == expected
+
+
+def test_bf16_inference_logits_and_decoding_match_fp32_within_bf16_rounding():
+    """The model under inference-precision bf16 (autocast, fp32 weights) against fp32: logits within bf16's
+    rounding; a bf16 generator decodes through the model in bf16 (not the fp32 fast step)."""
+    from megatron_lite.config import GenerateConfig
+    from megatron_lite.generation.engine import TextGenerator
+    from megatron_lite.model.gpt import GPTModel
+    from tests.conftest import tiny_model_config
+
+    torch.manual_seed(0)
+    model = GPTModel(tiny_model_config(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=64,
+                                       max_position_embeddings=64, padded_vocab_size=128)).eval()
+    tokens = torch.randint(0, 128, (2, 48))
+    with torch.no_grad():
+        exact = model(tokens)
+        with precision.autocast(CPU, "bf16"):
+            rounded = model(tokens)
+    assert rounded.dtype == torch.bfloat16
+    assert (rounded.float() - exact).abs().max() <= 0.03 * exact.abs().max()
+
+    class Tokenizer:
+        eod = -1  # never produced: every sample runs to its length
+
+    cfg = GenerateConfig(maximum_tokens=8, temperature=0.0)
+    fp32 = TextGenerator(model, Tokenizer(), cfg, 64, precision="fp32")
+    bf16 = TextGenerator(model, Tokenizer(), cfg, 64, precision="bf16")
+    assert fp32.fast is not None and bf16.fast is None
+    seen = []
+    model.layers[0].attention.query_key_value.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    assert len(bf16.generate_ids(tokens[0, :16].tolist(), 1)[0]) == 8
+    assert len(seen) >= 7 and set(seen) == {torch.bfloat16}  # the prompt, then the new tokens, all in bf16
