@@ -52,21 +52,13 @@ def main():
         workdir = os.environ["HOME"]
         tell(ctrl, {"isolated": False})
         return serve(ctrl, lambda child: finish_unisolated(child, workdir), workdir, isolated=False)
-    try:
-        isolation.unshare(isolation.NAMESPACES)
-    except OSError as e:
-        return tell(ctrl, {"isolated": False, "reason": e.strerror or str(e)})
-    tell(ctrl, {"unshared": True})
-    if not json.loads(ctrl.recv(4096) or b"{}").get("mapped"):
+    reason = isolate(ctrl, config)
+    if reason is not None:
+        try:
+            tell(ctrl, {"isolated": False, "reason": reason})
+        except OSError:
+            pass  # the judge is gone
         return
-    try:
-        isolation.make_read_only(config["hidden"])
-        kept = isolation.open_dirs(config["kept"])  # with our original uid, which can reach them
-        os.setresgid(0, 0, 0)
-        os.setresuid(0, 0, 0)  # the namespace's root: the uid the judge mapped (ours, or one of its own as root)
-        isolation.hide(config["hidden"], kept)
-    except OSError as e:
-        return tell(ctrl, {"isolated": False, "reason": e.strerror or str(e)})
     pid = os.fork()  # the first process in the new PID namespace: its pid 1
     if pid:
         ctrl.close()
@@ -88,6 +80,26 @@ def main():
 
     serve(ctrl, finish, isolation.WORKDIR, isolated=True)
     os._exit(0)
+
+
+def isolate(ctrl: socket.socket, config: dict):
+    """New namespaces, with the judge mapping our uid, and the filesystem view; None, or why not."""
+    try:
+        isolation.unshare(isolation.NAMESPACES)
+    except OSError as e:
+        return e.strerror or str(e)
+    tell(ctrl, {"unshared": True})
+    if not json.loads(ctrl.recv(4096) or b"{}").get("mapped"):
+        return "the judge did not map our uid"
+    try:
+        isolation.make_read_only(config["hidden"])
+        kept = isolation.open_dirs(config["kept"])  # with our original uid, which can reach them
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)  # the namespace's root: the uid the judge mapped (ours, or one of its own as root)
+        isolation.hide(config["hidden"], kept)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 def tell(ctrl: socket.socket, message: dict):
