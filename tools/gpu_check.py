@@ -34,9 +34,9 @@ def run(name: str, argv, summary: list, timeout: float, env=None) -> str:
         proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                               env=dict(os.environ, **(env or {})))
         output, status = proc.stdout + proc.stderr, "ok" if proc.returncode == 0 else f"failed ({proc.returncode})"
-    except subprocess.TimeoutExpired as e:
-        output, status = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""), \
-            f"timed out after {timeout:.0f} s"
+    except subprocess.TimeoutExpired as e:  # what it printed so far comes back as bytes
+        output = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        status = f"timed out after {timeout:.0f} s"
     lines = [line for line in output.splitlines() if KEY_LINES.match(line.strip())]
     if status != "ok":
         lines += output.splitlines()[-15:]
