@@ -84,7 +84,7 @@ def generate(cfg) -> None:
     generator = TextGenerator(model, tokenizer, g, cfg.model.max_position_embeddings, seed=cfg.train.seed,
                               precision=precision.name)
     # Tensor-parallel peers compute the same samples; rank 0 reports them.
-    say = print if parallel_state.get().rank == 0 else (lambda *args: None)
+    say = print if parallel_state.get().rank == 0 else (lambda *args, **kwargs: None)
     say(f"inference precision: {precision.name} ({precision.reason})", file=sys.stderr)
     completions = []
     if g.prompt is not None:
