@@ -116,24 +116,31 @@ def main():
             run("kernels: build", [py, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "-e", "."],
                 summary, 600, {"TORCH_CUDA_ARCH_LIST": arch})  # this GPU's architecture only: a faster build
         run("tests/gpu", [py, "-m", "pytest", "-q", "tests/gpu"], summary, 600)
-        tiny = ["--rounds", "1", "--warmup", "0"]
+        micro = os.path.join(workdir, "micro.yml")  # the dry run's model: the benches' machinery, little compute
+        text = open(os.path.join(REPO, "configs", "tiny.yml")).read()
+        for key, value in (("num-layers", 2), ("hidden-size", 64), ("seq-length", 64)):
+            text = re.sub(rf"^{key}:.*$", f"{key}: {value}", text, flags=re.M)
+        with open(micro, "w") as f:
+            f.write(text)
+        once = ["--rounds", "1", "--warmup", "0"]
         benches = {
-            "kernels": ["--rounds", "1", "--warmup", "0", "--small"] if DRY else [],
-            "train_throughput": tiny + ["--steps-per-round", "1", "--packages", "json"] if DRY else [],
-            "generate_throughput": ["--rounds", "1", "--new-tokens", "8"] if DRY else [],
-            "hf_load": ["--repeats", "1", "--layers", "2"] if DRY else [],
-            "eval_throughput": ["--rounds", "1", "--files", "2"] if DRY else [],
+            "kernels": once + ["--small"] if DRY else [],
+            "train_throughput": once + ["--steps-per-round", "1", "--packages", "json", "--config", micro] if DRY else [],
+            "generate_throughput": ["--rounds", "1", "--new-tokens", "8", "--config", micro] if DRY else [],
+            "hf_load": ["--repeats", "1", "--layers", "2", "--hidden", "64", "--heads", "4"] if DRY else [],
+            "eval_throughput": once[:2] + ["--files", "2", "--layers", "1", "--hidden", "64", "--context", "64"]
+            if DRY else [],
         }
         for bench, extra in benches.items():
             run(f"bench: {bench}", [py, f"bench/{bench}.py", "--device", device, *extra], summary, 900)
         data = stdlib_data(workdir, summary)
         save = os.path.join(workdir, "ckpt")
-        model = ["configs/tiny.yml"] if DRY else ["configs/160M.yml"]
+        model = [micro] if DRY else ["configs/160M.yml"]
         train = [py, "deepy.py", "train.py", *model, *data, "--save", save, "--load", save, "--log-interval", "5",
                  "--train-iters", "3" if DRY else "30", "--eval-interval", "1000"]
-        run("train: 160M, 30 steps" if not DRY else "train: tiny, 3 steps", train, summary, 900)
+        run("train: 160M, 30 steps" if not DRY else "train: micro, 3 steps", train, summary, 900)
         for checkpointing in ("false", "true"):
-            big = ["configs/tiny.yml"] if DRY else ["configs/2-7B.yml"]
+            big = [micro] if DRY else ["configs/2-7B.yml"]
             run(f"memory: 2-7B, checkpoint-activations {checkpointing}",
                 [py, "tools/gpu_check.py", "memory", *big, *data, "--checkpoint-activations", checkpointing,
                  "--train-iters", "1"], summary, 900)
