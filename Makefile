@@ -44,7 +44,7 @@ demo: install
 		--prompt "def fibonacci(n):"
 
 # Fast suite (the one CI runs); `make test-all` adds the slow end-to-end tests. Two pytest workers: most tests wait
-# on process start-up and imports (single-threaded), so two share 2 cores well (8:54 against ~11 min in one).
+# on process start-up and imports (single-threaded), so two share 2 cores well.
 test: install-test
 	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" --durations=25 tests
 

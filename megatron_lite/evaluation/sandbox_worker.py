@@ -115,9 +115,13 @@ class Zygote:
         return self.receive(START_TIMEOUT)["status"]
 
     def close(self):
+        """End of the control socket stops the zygote (its pid 1 first, reaped by it); one that hangs is killed."""
         self.ctrl.close()
-        self.proc.kill()
-        self.proc.wait()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         if self.home:
             shutil.rmtree(self.home, ignore_errors=True)
 

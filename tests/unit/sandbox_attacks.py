@@ -83,11 +83,13 @@ STDLIB_USER = ("import colorsys, graphlib, shlex, ipaddress, csv, fnmatch, zlib,
 
 
 def sandbox_processes(uid: int) -> set:
-    """Processes of `uid` in a PID namespace other than ours: a sandbox's (each lives in its own)."""
+    """Live processes of `uid` in a PID namespace other than ours: a sandbox's (each lives in its own). Zombies
+    do not count: they run nothing, and this machine's init may be slow to reap what reaches it."""
     ours, found = os.readlink("/proc/self/ns/pid"), set()
     for pid in os.listdir("/proc"):
         try:
-            if pid.isdigit() and os.stat(f"/proc/{pid}").st_uid == uid and os.readlink(f"/proc/{pid}/ns/pid") != ours:
+            if (pid.isdigit() and os.stat(f"/proc/{pid}").st_uid == uid and os.readlink(f"/proc/{pid}/ns/pid") != ours
+                    and open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"):
                 found.add(int(pid))
         except OSError:
             pass
