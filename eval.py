@@ -7,6 +7,7 @@ Tasks (`eval-tasks`):
   humaneval   pass@k of sampled (or given, `humaneval-samples-file`) completions, executed in a sandbox.
 """
 
+import functools
 import math
 import os
 import sys
@@ -18,7 +19,7 @@ from megatron_lite.errors import UserError, exit_on_user_error
 TASKS = ("perplexity", "humaneval")
 
 
-def split_perplexity(cfg, model, device, amp):
+def split_perplexity(cfg, model, device, amp, rank):
     """Perplexity of the valid or test split of data-path, as in training's validation."""
     from megatron_lite.data.gpt_dataset import build_train_valid_test_datasets
     from megatron_lite.evaluation.perplexity import perplexity, unigram_entropy
@@ -32,7 +33,7 @@ def split_perplexity(cfg, model, device, amp):
     if dataset is None:
         raise UserError(f"split '{cfg.data.split}' gives the {cfg.eval.eval_split} split no documents (key 'split')")
     result = perplexity(model, dataset, cfg.train.train_micro_batch_size_per_gpu, device, amp)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if rank != 0:
         return {}
     unigram = result["unigram_entropy"] = unigram_entropy(dataset)
     print(f"{cfg.eval.eval_split} perplexity {result['perplexity']:.3f} (loss {result['loss']:.4f} nats/token "
@@ -125,12 +126,14 @@ def plan_humaneval(cfg):
     return problems, samples
 
 
-def humaneval(cfg, plan, model, tokenizer, rank):
+def humaneval(cfg, plan, model, tokenizer, precision, rank):
     """pass@k on HumanEval: sample (resumably) or take the given completions, execute them in the sandbox.
     The first data-parallel replica's tensor-parallel group generates (rank 0 writes); rank 0 executes."""
     from megatron_lite.evaluation import humaneval as he
     from megatron_lite.evaluation.report import write_json
     from megatron_lite.evaluation.sandbox import Sandbox, SandboxLimits
+    import torch.distributed as dist
+
     from megatron_lite.parallel import state as parallel_state
 
     e = cfg.eval
@@ -142,13 +145,10 @@ def humaneval(cfg, plan, model, tokenizer, rank):
 
         if par.dp_rank != 0:
             return {}
-        from megatron_lite.precision import resolve_inference_precision
-
-        precision = resolve_inference_precision(cfg.precision.inference_precision, next(model.parameters()).device)
         generator = TextGenerator(model, tokenizer, cfg.generate, cfg.model.max_position_embeddings, seed=cfg.train.seed,
-                                  precision=precision.name)
+                                  precision=precision)
         path = f"{prefix}_humaneval_samples.jsonl" if prefix else os.path.join(tempfile.mkdtemp(), "samples.jsonl")
-        synced = (lambda: torch_barrier(par.tp_group)) if par.tp_size > 1 else None
+        synced = functools.partial(dist.barrier, group=par.tp_group) if par.tp_size > 1 else None
         samples = he.generate_samples(generator, problems, e.humaneval_num_samples, e.humaneval_batch_size, path,
                                       cfg.train.seed, e.humaneval_style, write=rank == 0, after_reading=synced)
     if rank != 0:
@@ -168,12 +168,6 @@ def humaneval(cfg, plan, model, tokenizer, rank):
     if prefix:
         print(f"wrote {write_json(f'{prefix}_humaneval.json', dict(result, samples_detail=per_sample))}")
     return {"humaneval": result}
-
-
-def torch_barrier(group):
-    import torch.distributed as dist
-
-    dist.barrier(group=group)
 
 
 @exit_on_user_error
@@ -204,27 +198,27 @@ def evaluate(cfg) -> dict:
     by_language = "perplexity" in cfg.eval.eval_tasks and (cfg.eval.eval_data_dir or cfg.eval.eval_files)
     plan = plan_language_perplexity(cfg) if by_language else None
     coding = plan_humaneval(cfg) if "humaneval" in cfg.eval.eval_tasks else None
-    model, tokenizer, device = (None, None, None)
+    model, tokenizer, device, precision = None, None, None, None
     if not (cfg.eval.eval_tasks == ["humaneval"] and cfg.eval.humaneval_samples_file):  # no model needed
         from megatron_lite.build import load_trained_model
 
+        from megatron_lite.precision import resolve_inference_precision
+
         model, tokenizer, device = load_trained_model(cfg)
-    results = {}
-    if "perplexity" in cfg.eval.eval_tasks:
-        import functools
-
-        from megatron_lite.precision import autocast, resolve_inference_precision
-
-        precision = resolve_inference_precision(cfg.precision.inference_precision, device)
+        precision = resolve_inference_precision(cfg.precision.inference_precision, device)  # once, for every task
         if rank == 0:
             print(f"inference precision: {precision.name} ({precision.reason})")
+    results = {}
+    if "perplexity" in cfg.eval.eval_tasks:
+        from megatron_lite.precision import autocast
+
         amp = functools.partial(autocast, device, precision.name)
         if by_language:
             results.update(language_perplexity(cfg, plan, model, tokenizer, device, amp, rank, world_size))
         else:  # every rank: data-parallel ranks share the batches, tensor-parallel ranks hold vocabulary slices
-            results.update(split_perplexity(cfg, model, device, amp))
+            results.update(split_perplexity(cfg, model, device, amp, rank))
     if "humaneval" in cfg.eval.eval_tasks:
-        results.update(humaneval(cfg, coding, model, tokenizer, rank))
+        results.update(humaneval(cfg, coding, model, tokenizer, precision.name if precision else None, rank))
     if cfg.eval.eval_results_prefix and rank == 0:
         from megatron_lite.evaluation.report import merge_into_json
 
