@@ -67,13 +67,11 @@ def stdlib_data(workdir: str, summary: list) -> list:
 
 
 def measure_memory(argv) -> None:
-    """(subcommand) One training step of the given configs; prints our estimate and the measured peak."""
-    import torch
-
+    """(subcommand) Two training steps of the given configs; prints our estimate and the second step's peak."""
     from megatron_lite.config_loader import load_config
     from megatron_lite.errors import UserError
     from megatron_lite.model.size import count_parameters
-    from megatron_lite.training.memory import GIB, estimate_training_bytes
+    from megatron_lite.training.memory import GIB, estimate_training_bytes, measure_step_peak
     from megatron_lite.training.trainer import Trainer
 
     cfg = load_config(argv[:1], argv[1:])
@@ -85,14 +83,12 @@ def measure_memory(argv) -> None:
             raise
         print(f"memory {label}: refused by the estimate: {e}")
         return
-    estimate = estimate_training_bytes(cfg, count_parameters(cfg.model), trainer.precision)["total"]
-    trainer.train_step()
-    if trainer.device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(trainer.device)
-        print(f"memory {label}: estimate {estimate / GIB:.2f} GiB, measured peak {peak / GIB:.2f} GiB "
-              f"(estimate / peak {estimate / peak:.2f})")
-    else:
-        print(f"memory {label}: estimate {estimate / GIB:.3f} GiB (the peak is measured on a GPU only)")
+    estimate = estimate_training_bytes(cfg, count_parameters(cfg.model), trainer.precision,
+                                       trainer.device.type)["total"]
+    trainer.train_step()  # the first step makes Adam's state; the second is the one measured
+    peak = measure_step_peak(trainer)
+    print(f"memory {label}: estimate {estimate / GIB:.3f} GiB, measured peak {peak / GIB:.3f} GiB "
+          f"(estimate / peak {estimate / peak:.2f})")
 
 
 def main():

@@ -28,12 +28,13 @@ def test_memory_estimate_shrinks_with_tensor_parallel_and_zero(tmp_path):
     path.write_text("num-layers: 4\nhidden-size: 256\nnum-attention-heads: 4\ntrain_micro_batch_size_per_gpu: 2\n"
                     "padded-vocab-size: 1024\n")
     parts = {}
-    for world, tp, stage in ((1, 1, 0), (2, 2, 0), (2, 1, 1), (2, 1, 2), (2, 1, 3)):
+    for world, tp, stage in ((1, 1, 0), (2, 2, 0), (2, 1, 0), (2, 1, 1), (2, 1, 2), (2, 1, 3)):
         cfg = load_config([str(path)], ["--model-parallel-size", str(tp), "--zero-optimization", f"{{stage: {stage}}}"],
                           env={"WORLD_SIZE": str(world)})
-        parts[(tp, stage)] = estimate_training_bytes(cfg, 1_000_000, "bf16")
-    base = parts[(1, 0)]
-    assert parts[(2, 0)]["weights"] == base["weights"] / 2 and parts[(2, 0)]["activations"] < base["activations"]
-    assert parts[(1, 1)]["optimizer"] == base["optimizer"] / 2 and parts[(1, 1)]["gradients"] == base["gradients"]
-    assert parts[(1, 2)]["gradients"] == base["gradients"] / 2 and parts[(1, 2)]["weights"] == base["weights"]
-    assert parts[(1, 3)]["weights"] == base["weights"] / 2
+        parts[(world, tp, stage)] = estimate_training_bytes(cfg, 1_000_000, "bf16")
+    one, base = parts[(1, 1, 0)], parts[(2, 1, 0)]  # base: two data-parallel ranks without ZeRO
+    assert parts[(2, 2, 0)]["weights"] == one["weights"] / 2 and parts[(2, 2, 0)]["activations"] < one["activations"]
+    assert parts[(2, 1, 1)]["optimizer"] == base["optimizer"] / 2
+    assert parts[(2, 1, 1)]["gradients"] == base["gradients"] > 0  # all-reduce buffers: every gradient is held
+    assert parts[(2, 1, 2)]["gradients"] == base["gradients"] / 2 and parts[(2, 1, 2)]["weights"] == base["weights"]
+    assert parts[(2, 1, 3)]["weights"] == base["weights"] / 2
