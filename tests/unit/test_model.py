@@ -7,6 +7,7 @@ import torch
 import transformers
 
 from megatron_lite.config import ModelConfig, pad_vocab_size
+from megatron_lite.config_loader import load_config
 from megatron_lite.errors import UserError
 from megatron_lite.model.gpt import GPTModel, count_parameters, flops_per_token
 from megatron_lite.model.init import init_std
@@ -81,10 +82,16 @@ def test_flops_per_token_matches_megatron_formula():
 # ---- config errors -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("key,value", [("pos_emb", "alibi"), ("norm", "rmsnorm"), ("activation", "relu"),
-                                       ("attention_impl", "flash"), ("num_attention_heads", 5)])
-def test_unsupported_settings_name_the_key(key, value):
-    with pytest.raises(UserError, match=key):
-        GPTModel(small_cfg(**{key: value}))
+                                       ("attention_impl", "flash")])
+def test_unsupported_choices_name_the_key(key, value):
+    flag = "--" + key.replace("_", "-")
+    with pytest.raises(UserError, match=f"'{flag}': '{value}' is not supported"):
+        load_config([], [flag, value])
+
+
+def test_unbuildable_shape_names_the_key():
+    with pytest.raises(UserError, match="num_attention_heads"):
+        GPTModel(small_cfg(num_attention_heads=5))
 
 
 # ---- attention paths -----------------------------------------------------------------------------------------
