@@ -60,7 +60,7 @@ def load_trained_model(cfg: Config):
     from megatron_lite.interop.hf import is_hf_dir, load_hf_dir
     from megatron_lite.model.gpt import GPTModel
     from megatron_lite.parallel import state as parallel_state
-    from megatron_lite.parallel.reshard import split_tp
+    from megatron_lite.parallel.reshard import partition_facts, split_tp
     from megatron_lite.training.checkpoint import load_model_weights, load_state_checked, resolve_checkpoint
 
     if not cfg.train.load:
@@ -73,7 +73,8 @@ def load_trained_model(cfg: Config):
     with torch.device("meta"):  # every weight comes from the checkpoint: allocate nothing, draw nothing
         model = GPTModel(cfg.model)
     if hf_weights is not None:
-        load_state_checked(model, split_tp(hf_weights, par.tp_size)[par.tp_rank], cfg.train.load)
+        load_state_checked(model, split_tp(hf_weights, par.tp_size, partition_facts(model))[par.tp_rank],
+                           cfg.train.load)
     else:
         load_model_weights(ckpt, model, par.tp_rank, par.tp_size)
     return model.to(device).eval(), tokenizer, device

@@ -38,11 +38,19 @@ class ModelConfig:
     pos_emb: PosEmb = opt("learned", "position embedding: learned (absolute, GPT-NeoX's default) | rotary (PolyCoder)")
     rotary_pct: float = opt(1.0, "fraction of each head's dimensions that get rotary embeddings")
     rotary_emb_base: int = opt(10000, "rotary frequency base")
-    norm: Literal["layernorm"] = opt("layernorm", "normalisation; only 'layernorm' is supported")
+    norm: Literal["layernorm", "rmsnorm"] = opt("layernorm", "normalisation: layernorm | rmsnorm (GPT-NeoX's: "
+                                                             "x / (rms(x) + eps) * scale)")
     layernorm_epsilon: float = opt(1.0e-5, "LayerNorm epsilon")
+    rms_norm_epsilon: float = opt(1.0e-8, "RMSNorm epsilon, added to the RMS as GPT-NeoX does")
+    use_bias_in_norms: bool = opt(True, "LayerNorm with a bias (RMSNorm has none)")
+    use_bias_in_attn_linear: bool = opt(True, "biases in the QKV and attention output projections")
+    use_bias_in_mlp: bool = opt(True, "biases in the MLP projections")
+    num_kv_heads: Optional[int] = opt(None, "key/value heads (grouped-query attention; 1: multi-query); "
+                                            "default: one per attention head")
     gpt_j_residual: bool = opt(False, "parallel residual: x + attn(ln1(x)) + mlp(ln2(x))")
     no_weight_tying: bool = opt(False, "untie input embedding and output projection (PolyCoder: untied)")
-    activation: Literal["gelu"] = opt("gelu", "MLP activation; only 'gelu' is supported")
+    activation: Literal["gelu", "swiglu"] = opt("gelu", "MLP activation: gelu | swiglu (gated: silu(gate) * x, "
+                                                        "GPT-NeoX's width of 2/3 x 4h rounded up to 256)")
     hidden_dropout: float = opt(0.1, "dropout on residual branches and the embedding")
     attention_dropout: float = opt(0.1, "dropout on attention probabilities")
     init_method: InitMethod = opt("normal", "init of most weights: normal | scaled_normal | small_init | wang_init")
@@ -52,8 +60,9 @@ class ModelConfig:
     init_method_std: float = opt(0.02, "std for the 'normal' and 'scaled_normal' init methods")
     make_vocab_size_divisible_by: int = opt(128, "pad the vocabulary to a multiple of this (times tp size)")
     padded_vocab_size: Optional[int] = opt(None, "derived from the tokenizer unless given")
-    attention_impl: AttentionImpl = opt("auto", "attention: auto (fastest measured) | sdpa (torch scaled_dot_product_attention)"
-                                      " | fused (scores + csrc softmax kernels) | reference (plain torch)")
+    attention_impl: AttentionImpl = opt(
+        "auto", "attention: auto (fastest measured) | sdpa (torch scaled_dot_product_attention)"
+        " | fused (scores + csrc softmax kernels) | reference (plain torch)")
     scaled_upper_triang_masked_softmax_fusion: bool = opt(False, "fused causal softmax kernel (auto uses it where "
                                                                  "faster than SDPA: CPU bf16)")
     scaled_masked_softmax_fusion: bool = opt(False, "fused masked softmax kernel for queries after cached keys")
@@ -75,8 +84,9 @@ class ParallelConfig:
     hostfile: Optional[str] = opt(None, "deepy.py: file of 'host slots=N' lines; one torchrun node per host")
     include: Optional[str] = opt(None, "deepy.py: comma-separated hosts of the hostfile to use (default: all)")
     exclude: Optional[str] = opt(None, "deepy.py: comma-separated hosts of the hostfile to leave out")
-    launcher: Launcher = opt("pdsh", "deepy.py: pdsh (GPT-NeoX's default) = torchrun, one node per host (remote ones over "
-                                "ssh) | mpirun / openmpi")
+    launcher: Launcher = opt(
+        "pdsh", "deepy.py: pdsh (GPT-NeoX's default) = torchrun, one node per host (remote ones over "
+        "ssh) | mpirun / openmpi")
     master_addr: Optional[str] = opt(None, "rendezvous host (default: the first host, or 127.0.0.1)")
     master_port: int = opt(29500, "rendezvous port")
     distributed_timeout: int = opt(300, "seconds a collective may wait for a lost rank before the job fails")
@@ -91,8 +101,9 @@ class DataConfig:
                                                   "(tokenizer.json) | SPMTokenizer (.model)")
     vocab_file: Optional[str] = opt(None, "tokenizer.json (HFTokenizer) or vocab.json (GPT2BPETokenizer)")
     merge_file: Optional[str] = opt(None, "merges.txt for GPT2BPETokenizer")
-    data_impl: DataImpl = opt("infer", "indexed dataset implementation: infer (GPT-NeoX's default) or mmap, the same here: "
-                                  "the only implementation")
+    data_impl: DataImpl = opt(
+        "infer", "indexed dataset implementation: infer (GPT-NeoX's default) or mmap, the same here: "
+        "the only implementation")
     train_data_paths: List[str] = opt([], "training dataset prefixes blended by weight (instead of data-path + split)")
     valid_data_paths: List[str] = opt([], "validation dataset prefixes, blended like train-data-paths")
     test_data_paths: List[str] = opt([], "test dataset prefixes, blended like train-data-paths")
@@ -148,10 +159,12 @@ class TrainConfig:
 
 @dataclass
 class PrecisionConfig:
-    precision: Precision = opt("auto", "fp32 | fp16 | bf16 (or fp16.enabled / bf16.enabled) | auto: bf16 where the device "
-                                 "runs it natively (measured on CPU), else fp32. GPT-NeoX's default is fp32")
-    inference_precision: Precision = opt("auto", "generate.py and eval.py (ours): fp32 | bf16 | fp16 | auto: bf16 on a GPU "
-                                           "that has it, else fp32 (on the CPU: fp32)")
+    precision: Precision = opt(
+        "auto", "fp32 | fp16 | bf16 (or fp16.enabled / bf16.enabled) | auto: bf16 where the device "
+        "runs it natively (measured on CPU), else fp32. GPT-NeoX's default is fp32")
+    inference_precision: Precision = opt(
+        "auto", "generate.py and eval.py (ours): fp32 | bf16 | fp16 | auto: bf16 on a GPU "
+        "that has it, else fp32 (on the CPU: fp32)")
     loss_scale: float = opt(0.0, "fp16 static loss scale; 0 = dynamic")
     initial_scale_power: int = opt(16, "fp16 dynamic loss scaling starts at 2**this")
     loss_scale_window: int = opt(1000, "fp16: steps without overflow before the scale doubles")

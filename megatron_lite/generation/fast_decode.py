@@ -18,10 +18,15 @@ from megatron_lite.model.gpt import GPTModel
 KERNEL_MAX_ROWS = {torch.float32: 8, torch.bfloat16: 4}
 
 
+# The config values the fast step implements; a model with any other decodes through its own forward.
+IMPLEMENTS = {"pos_emb": ("rotary",), "norm": ("layernorm",), "activation": ("gelu",), "num_kv_heads": (None,),
+              "use_bias_in_norms": (True,), "use_bias_in_attn_linear": (True,), "use_bias_in_mlp": (True,)}
+
+
 def supports(model) -> bool:
-    """The fast step covers the plain (single-process) GPTModel with dense attention and rotary positions;
-    anything else decodes through the model's own forward."""
-    return type(model) is GPTModel and model.cfg.pos_emb == "rotary" and all(
+    """The plain (single-process) GPTModel with the config values in IMPLEMENTS."""
+    cfg = model.cfg if type(model) is GPTModel else None
+    return cfg is not None and all(getattr(cfg, key) in values for key, values in IMPLEMENTS.items()) and all(
         type(layer.attention.query_key_value) is torch.nn.Linear for layer in model.layers)
 
 

@@ -9,7 +9,8 @@ from megatron_lite.errors import UserError
 from megatron_lite.interop.hf import load_hf_dir, save_hf_dir
 from megatron_lite.interop.neox import layer_files, read_neox_checkpoint
 from megatron_lite.interop.ours import read_weights_checkpoint, write_weights_checkpoint
-from megatron_lite.parallel.reshard import merge_tp_shards, split_tp
+from megatron_lite.model.gpt import meta_model
+from megatron_lite.parallel.reshard import merge_tp_shards, partition_facts, split_tp
 from megatron_lite.training.checkpoint import STEP_DIR, resolve_checkpoint
 
 
@@ -31,7 +32,7 @@ def _full_model_config(cfg: Config, weights: dict) -> None:
 def ours_to_hf(load: str, out: str) -> None:
     """Our checkpoint (any tp size) -> a Hugging Face GPTNeoXForCausalLM directory."""
     cfg, shards = read_weights_checkpoint(load)
-    weights = merge_tp_shards(shards)
+    weights = merge_tp_shards(shards, partition_facts(meta_model(cfg.model)))
     _full_model_config(cfg, weights)
     save_hf_dir(out, weights, cfg.model, _tokenizer(cfg))
 
@@ -68,7 +69,8 @@ def neox_to_ours(step_dir: str, config_paths: list, out: str, overrides: list = 
 def reshard_ours(load: str, tp: int, out: str) -> str:
     """Our checkpoint at tp size n -> the same weights at tp size m (model files only)."""
     cfg, shards = read_weights_checkpoint(load)
-    weights = merge_tp_shards(shards)
+    facts = partition_facts(meta_model(cfg.model))
+    weights = merge_tp_shards(shards, facts)
     _full_model_config(cfg, weights)
-    return write_weights_checkpoint(out, split_tp(weights, tp), cfg, _tokenizer(cfg),
+    return write_weights_checkpoint(out, split_tp(weights, tp, facts), cfg, _tokenizer(cfg),
                                     step=_step_of(resolve_checkpoint(load)))

@@ -1,4 +1,5 @@
-"""Hugging Face GPTNeoXForCausalLM directories <-> our model: config.json, model.safetensors, tokenizer files.
+"""Hugging Face GPTNeoXForCausalLM (and, for Llama-shaped models, LlamaForCausalLM: llama.py) directories <->
+our model: config.json, model.safetensors, tokenizer files.
 
 Our parameter names are Hugging Face's without the `gpt_neox.` prefix; the output layer is `embed_out.weight`
 in the files either way (transformers calls it `lm_head` in memory only), and tied models store none.
@@ -13,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from megatron_lite.config import DataConfig, ModelConfig
 from megatron_lite.errors import UserError
+from megatron_lite.interop.llama import from_llama, llama_config, llama_mismatches, llama_model_fields, to_llama
 from megatron_lite.interop.ours import new_output_dir, publish
 from megatron_lite.interop.safe_load import load_pt
 
@@ -67,7 +69,8 @@ def model_fields(config: dict, source: str) -> dict:
         return config[key]
 
     if config.get("model_type") != "gpt_neox":
-        raise UserError(f"{source}: model_type is {config.get('model_type')!r}; only 'gpt_neox' can be loaded")
+        raise UserError(f"{source}: model_type is {config.get('model_type')!r}; only 'gpt_neox' and 'llama' can be "
+                        "loaded")
     hidden = need("hidden_size")
     act = config.get("hidden_act", "gelu")
     if act not in GELU_FORMS:
@@ -159,15 +162,38 @@ def tokenizer_settings(path: str) -> dict:
     raise UserError(f"{path} has no tokenizer.json (or vocab.json + merges.txt) to build the tokenizer from")
 
 
+# What GPTNeoXForCausalLM holds: the GPT-NeoX architecture with every bias, rotary positions.
+NEOX_SHAPE = {"pos_emb": "rotary", "norm": "layernorm", "activation": "gelu", "num_kv_heads": None,
+              "use_bias_in_norms": True, "use_bias_in_attn_linear": True, "use_bias_in_mlp": True}
+
+
+def _family(cfg: ModelConfig) -> str:
+    """'gpt_neox' or 'llama': the transformers class that holds this architecture, or a UserError saying why none."""
+    values = {**{key: getattr(cfg, key) for key in NEOX_SHAPE}, "num_kv_heads": None if cfg.num_kv_heads in
+              (None, cfg.num_attention_heads) else cfg.num_kv_heads}
+    neox = [f"{key}: {values[key]!r} (GPT-NeoX: {wanted!r})" for key, wanted in NEOX_SHAPE.items()
+            if values[key] != wanted]
+    if not neox:
+        return "gpt_neox"
+    llama = llama_mismatches(cfg)
+    if not llama:
+        return "llama"
+    raise UserError(f"no transformers class holds this architecture, so it cannot be exported: as "
+                    f"GPTNeoXForCausalLM it differs in {'; '.join(neox)}; as LlamaForCausalLM in {'; '.join(llama)}")
+
+
 def load_hf_dir(path: str, model_cfg: ModelConfig, data_cfg: DataConfig) -> dict:
-    """Set the architecture and tokenizer keys from a Hugging Face GPT-NeoX directory; returns our weights."""
-    for key, value in model_fields(read_config(path), os.path.join(path, "config.json")).items():
+    """Set the architecture and tokenizer keys from a Hugging Face GPT-NeoX or Llama directory; returns our
+    weights."""
+    config, source = read_config(path), os.path.join(path, "config.json")
+    llama = config.get("model_type") == "llama"
+    for key, value in (llama_model_fields(config, source) if llama else model_fields(config, source)).items():
         setattr(model_cfg, key, value)
     if model_cfg.seq_length > model_cfg.max_position_embeddings:
         model_cfg.seq_length = model_cfg.max_position_embeddings  # the model cannot see further
     for key, value in tokenizer_settings(path).items():
         setattr(data_cfg, key, value)
-    weights = to_ours(_hf_tensors(path), path)
+    weights = from_llama(_hf_tensors(path), model_cfg, path) if llama else to_ours(_hf_tensors(path), path)
     if not model_cfg.no_weight_tying:
         weights.pop("embed_out.weight", None)  # a tied model may still list the shared matrix under its name
     return weights
@@ -178,6 +204,7 @@ def save_hf_dir(out: str, weights: dict, cfg: ModelConfig, tokenizer) -> None:
     if cfg.pos_emb != "rotary":
         raise UserError(f"this model has pos-emb '{cfg.pos_emb}' (absolute learned positions); Hugging Face's "
                         "GPTNeoXForCausalLM has rotary positions only, so it cannot be exported there")
+    llama = _family(cfg) == "llama"
     if tokenizer.hf is None:
         raise UserError("exporting a sentencepiece tokenizer to Hugging Face is not supported; "
                         "only tokenizers-library tokenizers (HFTokenizer, GPT2BPETokenizer) are")
@@ -185,10 +212,11 @@ def save_hf_dir(out: str, weights: dict, cfg: ModelConfig, tokenizer) -> None:
     try:
         eod_id = tokenizer.eod
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(hf_config(cfg, eod_id), f, indent=2)
+            json.dump(llama_config(cfg, eod_id) if llama else hf_config(cfg, eod_id), f, indent=2)
         with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
             json.dump({"bos_token_id": eod_id, "eos_token_id": eod_id}, f, indent=2)
-        tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in to_hf(weights).items()}
+        tensors = {k: v.detach().to(torch.float32).contiguous()
+                   for k, v in (to_llama(weights, cfg) if llama else to_hf(weights)).items()}
         save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         tokenizer.hf.save(os.path.join(tmp, "tokenizer.json"))  # exactly what we encode with
         with open(os.path.join(tmp, "tokenizer_config.json"), "w", encoding="utf-8") as f:

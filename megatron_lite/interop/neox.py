@@ -7,6 +7,7 @@ rotary `inv_freq` buffer); layer L+3 the final norm (`norm.{weight,bias}`); laye
 Layers 01 and L+2 hold no parameters.
 """
 
+import dataclasses
 import os
 import re
 
@@ -16,7 +17,9 @@ from tqdm import tqdm
 from megatron_lite.config import ModelConfig
 from megatron_lite.errors import UserError
 from megatron_lite.interop.safe_load import load_pt
-from megatron_lite.parallel.reshard import partition_dim
+from megatron_lite.model.gpt import meta_model
+from megatron_lite.parallel.layers import merge_shards
+from megatron_lite.parallel.reshard import partition_facts
 
 LAYER_FILE = re.compile(r"^layer_(\d+)-model_(\d+)-model_states\.pt$")
 ROW_PARALLEL_BIASES = ("attention.dense.bias", "mlp.dense_4h_to_h.bias")
@@ -41,11 +44,11 @@ def layer_files(step_dir: str) -> dict:
     return {layer: [ranks[r] for r in range(tp)] for layer, ranks in found.items()}
 
 
-def merge_neox_shards(shards: list, name: str, parallel_residual: bool) -> torch.Tensor:
-    """One parameter from its per-rank copies, the way GPT-NeoX's own converter combines them."""
-    dim = partition_dim(name)
-    if dim is not None:
-        return torch.cat(shards, dim=dim)
+def merge_neox_shards(shards: list, name: str, parallel_residual: bool, facts: dict) -> torch.Tensor:
+    """One parameter from its per-rank copies, the way GPT-NeoX's own converter combines them (facts: our
+    model's partition_facts, which match GPT-NeoX's per-rank layouts)."""
+    if name in facts:
+        return merge_shards(shards, *facts[name])
     if any(s.shape != shards[0].shape for s in shards):
         raise UserError(f"'{name}' has different shapes on different tensor-parallel ranks but should be replicated")
     if parallel_residual and name.endswith(ROW_PARALLEL_BIASES):
@@ -63,13 +66,24 @@ def _read_layer(files: list, layer: int, wanted: tuple) -> list:
     return shards
 
 
-def _merge(shards: list, prefix: str, renames: dict, parallel_residual: bool) -> dict:
+# Current GPT-NeoX names its MLP linear1 / linear2 and its RMSNorm weight `scale`; PolyCoder's names are ours.
+LAYER_RENAMES = (("mlp.linear1.", "mlp.dense_h_to_4h."), ("mlp.linear2.", "mlp.dense_4h_to_h."),
+                 ("layernorm.scale", "layernorm.weight"), ("norm.scale", "norm.weight"))
+
+
+def _renamed(key: str) -> str:
+    for old, new in LAYER_RENAMES:
+        key = key.replace(old, new)
+    return key
+
+
+def _merge(shards: list, prefix: str, renames: dict, parallel_residual: bool, facts: dict) -> dict:
     out = {}
     for key in shards[0]:
         if key.endswith(BUFFERS):
             continue
-        name = prefix + renames.get(key, key)  # the partition contract is written in our names
-        out[name] = merge_neox_shards([s[key] for s in shards], name, parallel_residual)
+        name = prefix + renames.get(key, _renamed(key))  # the parallel facts are stated in our names
+        out[name] = merge_neox_shards([s[key] for s in shards], name, parallel_residual, facts)
     return out
 
 
@@ -85,15 +99,18 @@ def read_neox_checkpoint(step_dir: str, cfg: ModelConfig) -> dict:
     extra = sorted(set(files) - expected - {n + 4})
     if extra:
         raise UserError(f"{step_dir}: unexpected pipeline layer(s) {extra} for a {n}-layer model (check num-layers)")
+    # The parallel facts do not depend on the vocabulary size, which the weights fix later.
+    facts = partition_facts(meta_model(dataclasses.replace(cfg, padded_vocab_size=cfg.padded_vocab_size or 1)))
     weights = _merge(_read_layer(files[0], 0, ("word_embeddings.weight",)), "",
                      {"word_embeddings.weight": "embed_in.weight",
-                      "position_embeddings.weight": "embed_positions.weight"}, False)  # pos-emb learned
+                      "position_embeddings.weight": "embed_positions.weight"}, False, facts)  # pos-emb learned
     for i in tqdm(range(n), desc="layers", unit="layer"):
         shards = _read_layer(files[i + 2], i + 2, ("attention.query_key_value.weight",))
-        weights.update(_merge(shards, f"layers.{i}.", {}, cfg.gpt_j_residual))
-    weights.update(_merge(_read_layer(files[n + 3], n + 3, ("norm.weight",)), "final_layer_norm.",
-                          {"norm.weight": "weight", "norm.bias": "bias"}, False))
+        weights.update(_merge(shards, f"layers.{i}.", {}, cfg.gpt_j_residual, facts))
+    final_norm = "norm.scale" if cfg.norm == "rmsnorm" else "norm.weight"
+    weights.update(_merge(_read_layer(files[n + 3], n + 3, (final_norm,)), "final_layer_norm.",
+                          {"norm.weight": "weight", "norm.scale": "weight", "norm.bias": "bias"}, False, facts))
     if cfg.no_weight_tying:
         weights.update(_merge(_read_layer(files[n + 4], n + 4, ("final_linear.weight",)), "",
-                              {"final_linear.weight": "embed_out.weight"}, False))
+                              {"final_linear.weight": "embed_out.weight"}, False, facts))
     return weights

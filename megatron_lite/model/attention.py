@@ -19,8 +19,17 @@ def causal_mask(q_len: int, k_len: int, device) -> torch.Tensor:
     return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=k_len - q_len)
 
 
+def repeat_kv(q, k, v):
+    """k, v [b, nkv, s, d] repeated to q's heads [b, nh, s, d] (grouped-query attention: nh / nkv queries each)."""
+    group = q.size(1) // k.size(1)
+    if group == 1:
+        return k, v
+    return k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+
+
 def reference_attention(q, k, v, dropout_p: float) -> torch.Tensor:
     """Readable attention; softmax in fp32."""
+    k, v = repeat_kv(q, k, v)
     scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.size(-1))  # [b, nh, sq, sk]
     scores = scores.masked_fill(~causal_mask(q.size(2), k.size(2), q.device), float("-inf"))
     probs = F.dropout(scores.softmax(dim=-1).to(v.dtype), p=dropout_p)  # dropout_p is 0 outside training
@@ -29,18 +38,19 @@ def reference_attention(q, k, v, dropout_p: float) -> torch.Tensor:
 
 def sdpa_attention(q, k, v, dropout_p: float) -> torch.Tensor:
     """torch's fused attention (flash where available); with cached keys the causal mask is offset explicitly."""
-    sq, sk = q.size(2), k.size(2)
+    sq, sk, grouped = q.size(2), k.size(2), k.size(1) != q.size(1)
     if sq == sk:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=grouped)
     # is_causal aligns the mask top-left, which is wrong for new queries after cached keys.
     mask = None if sq == 1 else causal_mask(sq, sk, q.device)  # one new token sees every key
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=grouped)
 
 
 def fused_softmax_attention(q, k, v, dropout_p: float, causal_kernel, masked_kernel) -> torch.Tensor:
     """Scores, the fused scaled softmax (as Megatron's FusedScaleMaskSoftmax: the upper-triangular kernel for
     square scores, the masked kernel after cached keys), dropout, values. A None kernel: its reference."""
     scale, sq, sk = 1.0 / math.sqrt(q.size(-1)), q.size(2), k.size(2)
+    k, v = repeat_kv(q, k, v)
     scores = q @ k.transpose(-2, -1)  # [b, nh, sq, sk], unscaled: the kernel scales
     if sq == sk:
         probs = (fused.causal_softmax(scores, scale, causal_kernel) if causal_kernel

@@ -1,5 +1,7 @@
 """GPT-NeoX decoder in [batch, seq, hidden] layout; parameter names match Hugging Face GPTNeoXForCausalLM."""
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,8 +13,8 @@ from megatron_lite.model import fused
 from megatron_lite.model.attention import attention_core
 from megatron_lite.model.init import init_weights, writes_residual
 from megatron_lite.model.kv_cache import KVCache
+from megatron_lite.model.norms import norm_layer
 from megatron_lite.model.rotary import RotaryEmbedding, apply_rotary, rotary_dims
-from megatron_lite.model.size import count_parameters, flops_per_token  # noqa: F401 (re-exported)
 from megatron_lite.parallel import state as parallel_state
 from megatron_lite.parallel.layers import column_linear, row_linear, vocab_embedding
 from megatron_lite.parallel.mappings import copy_to_tp_region
@@ -25,15 +27,30 @@ def check_model_config(cfg: ModelConfig) -> None:
     if cfg.hidden_size % cfg.num_attention_heads:
         raise UserError(f"key 'num_attention_heads' ({cfg.num_attention_heads}) must divide "
                         f"'hidden_size' ({cfg.hidden_size})")
-    tp = parallel_state.get().tp_size
+    tp, kv = parallel_state.get().tp_size, kv_heads(cfg)
     if cfg.num_attention_heads % tp:
         raise UserError(f"key 'model_parallel_size' ({tp}) must divide 'num_attention_heads' ({cfg.num_attention_heads})")
+    if kv < 1 or cfg.num_attention_heads % kv:
+        raise UserError(f"key 'num_kv_heads' ({kv}) must divide 'num_attention_heads' ({cfg.num_attention_heads})")
+    if kv % tp:  # as GPT-NeoX: key/value heads are split over tp, not copied
+        raise UserError(f"key 'model_parallel_size' ({tp}) must divide 'num_kv_heads' ({kv})")
     if cfg.padded_vocab_size is None:
         raise UserError("key 'padded_vocab_size' is not set: it is derived from the tokenizer before the model")
 
 
+def kv_heads(cfg: ModelConfig) -> int:
+    """Key/value heads: num_kv_heads, or one per attention head."""
+    return cfg.num_kv_heads or cfg.num_attention_heads
+
+
+def mlp_width(cfg: ModelConfig) -> int:
+    """The MLP's inner width: 4h, or for swiglu GPT-NeoX's int(4h * 2/3) // 2 (mlp_multiple_of 1)."""
+    return int(4 * cfg.hidden_size * 2 / 3) // 2 if cfg.activation == "swiglu" else 4 * cfg.hidden_size
+
+
 class Attention(nn.Module):
-    """Causal self-attention with a fused QKV projection laid out per head as [q, k, v] (as GPT-NeoX).
+    """Causal self-attention with a fused QKV projection, laid out as GPT-NeoX: per head [q, k, v]; with
+    grouped-query attention (num_kv_heads) [all q; all k; all v], each block split over tp.
 
     With tensor parallelism each rank computes its own heads (column-parallel QKV, row-parallel dense)."""
 
@@ -41,21 +58,30 @@ class Attention(nn.Module):
         super().__init__()
         h, tp = cfg.hidden_size, parallel_state.get().tp_size
         self.heads, self.head_dim = cfg.num_attention_heads // tp, h // cfg.num_attention_heads  # heads: local
+        self.kv_heads = kv_heads(cfg) // tp
+        self.grouped = self.kv_heads != self.heads
         self.layer_idx = layer_idx
-        self.query_key_value = column_linear(h, 3 * h)
-        self.dense = writes_residual(row_linear(h, h))
+        kv = kv_heads(cfg) * self.head_dim
+        self.query_key_value = column_linear(h, h + 2 * kv, cfg.use_bias_in_attn_linear,
+                                             parts=(h, kv, kv) if self.grouped else None)
+        self.dense = writes_residual(row_linear(h, h, cfg.use_bias_in_attn_linear))
         self.dropout_p = cfg.attention_dropout
         self.impl = (cfg.attention_impl, cfg.scaled_upper_triang_masked_softmax_fusion,
                      cfg.scaled_masked_softmax_fusion)  # with q's device and dtype: attention_core's key
 
     def forward(self, x, cos, sin, kv_cache: KVCache = None):
         b, s, _ = x.shape
-        qkv = self.query_key_value(x).view(b, s, self.heads, 3 * self.head_dim)  # [b, s, nh, 3d]
-        q, k, v = qkv.chunk(3, dim=-1)  # each [b, s, nh, d]
+        qkv = self.query_key_value(x)
+        if self.grouped:  # [b, s, (nh + 2 nkv) d] -> q [b, s, nh, d], k and v [b, s, nkv, d]
+            kv = self.kv_heads * self.head_dim
+            q, k, v = qkv.split([self.heads * self.head_dim, kv, kv], dim=-1)
+            q, k, v = q.view(b, s, self.heads, -1), k.view(b, s, self.kv_heads, -1), v.view(b, s, self.kv_heads, -1)
+        else:
+            q, k, v = qkv.view(b, s, self.heads, 3 * self.head_dim).chunk(3, dim=-1)  # each [b, s, nh, d]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [b, nh, s, d]
         if kv_cache is not None:
-            k, v = kv_cache.append(self.layer_idx, k, v)  # [b, nh, past + s, d]
+            k, v = kv_cache.append(self.layer_idx, k, v)  # [b, nkv, past + s, d]
             k, v = k.to(q.dtype), v.to(q.dtype)
         attend = attention_core(*self.impl, q.device.type, q.dtype)  # q's dtype is autocast's
         with TRACKER.fork():  # attention dropout acts on this rank's own heads
@@ -69,13 +95,15 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.dense_h_to_4h = column_linear(cfg.hidden_size, 4 * cfg.hidden_size)
-        self.dense_4h_to_h = writes_residual(row_linear(4 * cfg.hidden_size, cfg.hidden_size))
+        bias, width = cfg.use_bias_in_mlp, mlp_width(cfg)
+        self.dense_h_to_4h = column_linear(cfg.hidden_size, width, bias)
+        self.dense_4h_to_h = writes_residual(row_linear(width, cfg.hidden_size, bias))
         self.bias_gelu_fusion = cfg.bias_gelu_fusion
 
     def forward(self, x):
-        if not self.bias_gelu_fusion:
-            return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x)))  # [b, s, h]
+        if not self.bias_gelu_fusion or self.dense_h_to_4h.bias is None:
+            gelu = "tanh" if self.bias_gelu_fusion else "none"
+            return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate=gelu))  # [b, s, h]
         up = self.dense_h_to_4h  # nn.Linear or ColumnParallelLinear: the bias goes into the kernel
         pre = F.linear(copy_to_tp_region(x), up.weight)  # [b, s, 4h / tp]
         kernel = fused.use_kernel("bias-gelu-fusion", pre.device, pre.dtype)
@@ -83,15 +111,32 @@ class MLP(nn.Module):
         return self.dense_4h_to_h(act)  # [b, s, h]
 
 
+class SwiGLU(nn.Module):
+    """h -> [x; gate] -> silu(gate) * x -> h, as GPT-NeoX's gated MLP (one projection, x first, gate second)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        bias, width = cfg.use_bias_in_mlp, mlp_width(cfg)
+        self.dense_h_to_4h = column_linear(cfg.hidden_size, 2 * width, bias, parts=(width, width))
+        self.dense_4h_to_h = writes_residual(row_linear(width, cfg.hidden_size, bias))
+
+    def forward(self, x):
+        up, gate = self.dense_h_to_4h(x).chunk(2, dim=-1)  # each [b, s, width / tp]
+        return self.dense_4h_to_h(F.silu(gate) * up)  # [b, s, h]
+
+
+MLPS = {"gelu": MLP, "swiglu": SwiGLU}
+
+
 class TransformerLayer(nn.Module):
     """Pre-LayerNorm block; parallel residual (GPT-J) when gpt_j_residual, else sequential."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
-        self.input_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
+        self.input_layernorm = norm_layer(cfg, cfg.hidden_size)
         self.attention = Attention(cfg, layer_idx)
-        self.post_attention_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
-        self.mlp = MLP(cfg)
+        self.post_attention_layernorm = norm_layer(cfg, cfg.hidden_size)
+        self.mlp = MLPS[cfg.activation](cfg)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
         self.parallel_residual = cfg.gpt_j_residual
 
@@ -118,7 +163,7 @@ class GPTModel(nn.Module):
         self.embed_positions = nn.Embedding(cfg.max_position_embeddings, h) if cfg.pos_emb == "learned" else None
         self.embed_dropout = nn.Dropout(cfg.hidden_dropout)
         self.layers = nn.ModuleList(TransformerLayer(cfg, i) for i in range(cfg.num_layers))
-        self.final_layer_norm = nn.LayerNorm(h, eps=cfg.layernorm_epsilon)
+        self.final_layer_norm = norm_layer(cfg, h)
         # Tied: the output projection reuses embed_in.weight and embed_out does not exist.
         self.embed_out = column_linear(h, v, bias=False) if cfg.no_weight_tying else None
         head_dim = h // cfg.num_attention_heads
@@ -130,10 +175,8 @@ class GPTModel(nn.Module):
     def new_kv_cache(self, batch: int, max_len: int, dtype: torch.dtype = None, device=None) -> KVCache:
         """An empty cache for up to max_len tokens per sequence (dtype/device default to the model's)."""
         p = self.embed_in.weight
-        heads = self.cfg.num_attention_heads
-        return KVCache(len(self.layers), batch, heads // parallel_state.get().tp_size, max_len,
-                       self.cfg.hidden_size // heads,
-                       dtype or p.dtype, device or p.device)
+        return KVCache(len(self.layers), batch, kv_heads(self.cfg) // parallel_state.get().tp_size, max_len,
+                       self.cfg.hidden_size // self.cfg.num_attention_heads, dtype or p.dtype, device or p.device)
 
     def _run_layers(self, start: int, end: int, x, cos, sin, kv_cache: KVCache = None):
         for layer in self.layers[start:end]:
@@ -169,3 +212,14 @@ class GPTModel(nn.Module):
         x = copy_to_tp_region(self.final_layer_norm(x))  # the output projection is column-parallel
         weight = self.embed_out.weight if self.embed_out is not None else self.embed_in.weight
         return F.linear(x, weight)  # [b, s, v / tp]
+
+
+@lru_cache(maxsize=8)
+def _meta_model(frozen: tuple) -> GPTModel:
+    with parallel_state.single_process(), torch.device("meta"):
+        return GPTModel(ModelConfig(**dict(frozen)))
+
+
+def meta_model(cfg: ModelConfig) -> GPTModel:
+    """The whole model (tp = 1) on the meta device: its parameters state every shape and parallel fact."""
+    return _meta_model(tuple(sorted(vars(cfg).items())))

@@ -8,8 +8,9 @@ from torch import nn
 
 from megatron_lite.config import InitMethod, ModelConfig
 from megatron_lite.errors import UserError
+from megatron_lite.model.norms import NORMS
 from megatron_lite.parallel import state as parallel_state
-from megatron_lite.parallel.layers import full_shape, is_tp_sharded
+from megatron_lite.parallel.layers import full_shape, is_tp_sharded, split_shards
 
 def init_std(name: str, cfg: ModelConfig, key: str = "init_method") -> float:
     """Standard deviation of the named init method; key is the config key reported on a bad name."""
@@ -32,9 +33,10 @@ def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
     if next(model.parameters()).is_meta:  # built to be loaded: nothing to draw (meta ops are slow in python)
         return
     for module in model.modules():  # the same order as named_parameters: the same random draws
-        if isinstance(module, nn.LayerNorm):
+        if isinstance(module, NORMS):
             module.weight.fill_(1.0)
-            module.bias.zero_()
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
             continue
         weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
         if isinstance(weight, nn.Parameter):  # GPT-NeoX: weights writing the residual stream get the output init
@@ -57,4 +59,4 @@ def _normal_shard_(p: torch.Tensor, std: float) -> None:
         return
     s = parallel_state.get()
     full = torch.empty(full_shape(p), dtype=p.dtype, device=p.device).normal_(0.0, std)
-    p.copy_(full.chunk(s.tp_size, dim=p.tp_dim)[s.tp_rank])
+    p.copy_(split_shards(full, p.tp_dim, p.tp_parts, s.tp_size)[s.tp_rank])

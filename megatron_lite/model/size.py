@@ -1,34 +1,24 @@
-"""Analytic model size and training FLOPs, computed from the config alone (nothing is allocated)."""
+"""Model size and training FLOPs, read off the model built on the meta device (nothing is allocated)."""
 
 from megatron_lite.config import ModelConfig
-from megatron_lite.errors import UserError
-
-
-def _vocab(cfg: ModelConfig) -> int:
-    if cfg.padded_vocab_size is None:
-        raise UserError("key 'padded_vocab_size' is not set: it is derived from the tokenizer before the model")
-    return cfg.padded_vocab_size
+from megatron_lite.model.gpt import meta_model
 
 
 def count_parameters(cfg: ModelConfig) -> int:
-    """Exact number of parameters of GPTModel(cfg)."""
-    h, v = cfg.hidden_size, _vocab(cfg)
-    per_layer = (
-        2 * 2 * h  # input_layernorm + post_attention_layernorm (weight, bias)
-        + 3 * h * h + 3 * h  # query_key_value
-        + h * h + h  # attention.dense
-        + 4 * h * h + 4 * h  # mlp.dense_h_to_4h
-        + 4 * h * h + h  # mlp.dense_4h_to_h
-    )
-    embeddings = v * h * (2 if cfg.no_weight_tying else 1)  # embed_in (+ embed_out when untied)
-    if cfg.pos_emb == "learned":
-        embeddings += cfg.max_position_embeddings * h  # embed_positions
-    return embeddings + cfg.num_layers * per_layer + 2 * h  # + final_layer_norm
+    """Exact number of parameters of GPTModel(cfg) (the whole model, whatever the tp size)."""
+    return sum(p.numel() for p in meta_model(cfg).parameters())
+
+
+def layer_matmul_parameters(cfg: ModelConfig) -> int:
+    """Weights of one transformer layer's matrix products (QKV, attention output, the MLP's projections)."""
+    layer = meta_model(cfg).layers[0]
+    return sum(p.numel() for p in layer.parameters() if p.dim() == 2)
 
 
 def flops_per_token(cfg: ModelConfig, seq_length: int) -> float:
     """Training FLOPs per token (forward + backward, no recompute): 6 x matmul params + 12 x layers x hidden x seq."""
-    h, v, layers = cfg.hidden_size, _vocab(cfg), cfg.num_layers
-    matmul_params = layers * 12 * h * h + v * h  # layer matrices + output projection (the embedding is a lookup)
+    model = meta_model(cfg)
+    output = model.embed_out if model.embed_out is not None else model.embed_in  # a product, unlike the lookup
+    matmul_params = cfg.num_layers * layer_matmul_parameters(cfg) + output.weight.numel()
     # Attention scores (QK^T) and weighted values (AV): 2 * 2 * s * h forward per layer, x3 with backward.
-    return 6.0 * matmul_params + 12.0 * layers * h * seq_length
+    return 6.0 * matmul_params + 12.0 * cfg.num_layers * cfg.hidden_size * seq_length

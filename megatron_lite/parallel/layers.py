@@ -1,6 +1,9 @@
 """Tensor-parallel layers: each rank holds a contiguous shard of the full weight (see reshard.py's contract).
 
-`tp_dim` on a parameter names the dimension it is split along; parameters without it are replicated.
+Every parameter states its parallel facts where it is built, at every tp size (Megatron's
+set_tensor_model_parallel_attributes): `tp_dim`, the dimension it is split along (absent: replicated), and
+`tp_parts`, the sizes of the blocks along that dimension that are each split (None: one block; a fused
+[x; gate] projection has two). Init, resharding and interop read these facts instead of name lists.
 With tp=1 the factories return plain nn.Linear / nn.Embedding, which are also the parity references.
 """
 
@@ -22,21 +25,48 @@ def _divide(n: int, tp: int, what: str) -> int:
     return n // tp
 
 
-def _mark(p: nn.Parameter, dim: int) -> nn.Parameter:
-    p.tp_dim = dim
-    p.tensor_model_parallel = True  # Megatron's name: DeepSpeed's ZeRO counts such shards in the gradient norm
+def _mark(p: nn.Parameter, dim: int, parts: tuple = None) -> nn.Parameter:
+    p.tp_dim, p.tp_parts = dim, parts
+    if state.get().tp_size > 1:
+        p.tensor_model_parallel = True  # Megatron's name: DeepSpeed's ZeRO counts such shards in the gradient norm
     return p
+
+
+def split_shards(full: torch.Tensor, dim: int, parts: tuple, tp: int) -> list:
+    """The tp shards of a whole tensor: every block (parts) is cut into tp pieces; rank r keeps piece r of each."""
+    blocks = full.split(list(parts), dim) if parts else (full,)
+    for block in blocks:
+        if block.size(dim) % tp:
+            raise UserError(f"a block of size {block.size(dim)} along dim {dim} does not divide by tensor-parallel "
+                            f"size {tp}")
+    pieces = [block.chunk(tp, dim) for block in blocks]
+    return [torch.cat([p[r] for p in pieces], dim) for r in range(tp)]
+
+
+def merge_shards(shards: list, dim: int, parts: tuple) -> torch.Tensor:
+    """The whole tensor from its tp shards (split_shards' inverse)."""
+    if not parts:
+        return torch.cat(shards, dim)
+    local = [n // len(shards) for n in parts]
+    if any(shard.size(dim) != sum(local) for shard in shards):
+        raise UserError(f"shards of sizes {[shard.size(dim) for shard in shards]} along dim {dim} are not "
+                        f"{len(shards)} equal slices of blocks {list(parts)}")
+    per_rank = [shard.split(local, dim) for shard in shards]
+    return torch.cat([torch.cat([blocks[i] for blocks in per_rank], dim) for i in range(len(parts))], dim)
 
 
 class ColumnParallelLinear(nn.Module):
     """y = x A^T + b with A split along its output rows: [out/tp, in]; output stays split unless gather_output."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, gather_output: bool = False):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, gather_output: bool = False,
+                 parts: tuple = None):
         super().__init__()
         tp = state.get().tp_size
-        self.out_local = _divide(out_features, tp, "output features")
-        self.weight = _mark(nn.Parameter(torch.empty(self.out_local, in_features)), 0)
-        self.bias = _mark(nn.Parameter(torch.zeros(self.out_local)), 0) if bias else None
+        for block in parts or (out_features,):
+            _divide(block, tp, "output features")
+        self.out_local = out_features // tp
+        self.weight = _mark(nn.Parameter(torch.empty(self.out_local, in_features)), 0, parts)
+        self.bias = _mark(nn.Parameter(torch.zeros(self.out_local)), 0, parts) if bias else None
         self.gather_output = gather_output
 
     def forward(self, x):  # x [..., in] (replicated) -> [..., out/tp] or [..., out]
@@ -86,26 +116,36 @@ def _uninitialised(module_cls, *args):
     return skip_init(module_cls, *args, device=torch.get_default_device())
 
 
-def column_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Module:
-    if state.get().tp_size == 1:
-        return _uninitialised(nn.Linear, in_features, out_features, bias)
-    return ColumnParallelLinear(in_features, out_features, bias)
+def column_linear(in_features: int, out_features: int, bias: bool = True, parts: tuple = None) -> nn.Module:
+    """Output rows split over tp; `parts`: blocks of rows split separately (e.g. a fused [x; gate])."""
+    if state.get().tp_size > 1:
+        return ColumnParallelLinear(in_features, out_features, bias, parts=parts)
+    layer = _uninitialised(nn.Linear, in_features, out_features, bias)
+    for p in layer.parameters():
+        _mark(p, 0, parts)
+    return layer
 
 
 def row_linear(in_features: int, out_features: int, bias: bool = True) -> nn.Module:
-    if state.get().tp_size == 1:
-        return _uninitialised(nn.Linear, in_features, out_features, bias)
-    return RowParallelLinear(in_features, out_features, bias)
+    """Input columns split over tp; the bias is replicated."""
+    if state.get().tp_size > 1:
+        return RowParallelLinear(in_features, out_features, bias)
+    layer = _uninitialised(nn.Linear, in_features, out_features, bias)
+    _mark(layer.weight, 1)
+    return layer
 
 
 def vocab_embedding(num_embeddings: int, embedding_dim: int) -> nn.Module:
-    if state.get().tp_size == 1:
-        return _uninitialised(nn.Embedding, num_embeddings, embedding_dim)
-    return VocabParallelEmbedding(num_embeddings, embedding_dim)
+    if state.get().tp_size > 1:
+        return VocabParallelEmbedding(num_embeddings, embedding_dim)
+    layer = _uninitialised(nn.Embedding, num_embeddings, embedding_dim)
+    _mark(layer.weight, 0)
+    return layer
 
 
 def is_tp_sharded(p: torch.Tensor) -> bool:
-    return getattr(p, "tp_dim", None) is not None
+    """Split over this run's tensor-parallel ranks (tp > 1 and a tp_dim)."""
+    return getattr(p, "tp_dim", None) is not None and state.get().tp_size > 1
 
 
 def full_shape(p: torch.Tensor) -> torch.Size:
@@ -116,11 +156,17 @@ def full_shape(p: torch.Tensor) -> torch.Size:
     return torch.Size(shape)
 
 
-def gather_full(t: torch.Tensor, dim) -> torch.Tensor:
-    """The whole tensor (a shard split along dim, or replicated when dim is None) from all tp ranks."""
+def gather_full(t: torch.Tensor, dim, parts: tuple = None) -> torch.Tensor:
+    """The whole tensor (a shard split along dim in blocks `parts`, or replicated when dim is None) from all tp
+    ranks."""
     s = state.get()
     if s.tp_size == 1 or dim is None:
         return t.detach()
-    parts = [torch.empty_like(t) for _ in range(s.tp_size)]
-    dist.all_gather(parts, t.detach().contiguous(), group=s.tp_group)
-    return torch.cat(parts, dim=dim)
+    shards = [torch.empty_like(t) for _ in range(s.tp_size)]
+    dist.all_gather(shards, t.detach().contiguous(), group=s.tp_group)
+    return merge_shards(shards, dim, parts)
+
+
+def gather_param(p: torch.Tensor, tensor: torch.Tensor = None) -> torch.Tensor:
+    """The whole of parameter p (or of `tensor`, e.g. its gradient, laid out like p) from all tp ranks."""
+    return gather_full(p if tensor is None else tensor, getattr(p, "tp_dim", None), getattr(p, "tp_parts", None))

@@ -4,6 +4,7 @@ A single process needs no torch.distributed at all: every accessor answers tp=1,
 mappings.py become identities.
 """
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
@@ -45,6 +46,18 @@ _STATE = ParallelState()
 def get() -> ParallelState:
     """The state initialize() set up (tp=1, dp=1 until then)."""
     return _STATE
+
+
+@contextlib.contextmanager
+def single_process():
+    """Build and run a model as if this were the only process (tp=1, identity collectives): references in
+    tests, and the meta model that states the full shapes."""
+    global _STATE
+    saved, _STATE = _STATE, ParallelState()
+    try:
+        yield
+    finally:
+        _STATE = saved
 
 
 def env_world() -> tuple:

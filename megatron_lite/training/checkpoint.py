@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from megatron_lite.config import ModelConfig
 from megatron_lite.errors import UserError, warn_once
-from megatron_lite.parallel.reshard import merge_tp_shards, split_tp
+from megatron_lite.parallel.reshard import merge_tp_shards, partition_facts, split_tp
 from megatron_lite.parallel.random import TRACKER
 from megatron_lite.parallel.state import ParallelState
 
@@ -243,23 +243,23 @@ def tp_shard_count(ckpt: str) -> int:
     return len([f for f in os.listdir(ckpt) if MODEL_FILE.match(f)])
 
 
-def _load_tp_shard(ckpt: str, kind: str, tp_rank: int, tp_size: int, rename=None) -> dict:
-    """This rank's shard of KIND_mp_rank_XX files, resharded when they were written at another tp size.
-
-    rename maps file keys to names that end in the parameter name (reshard.py splits by that suffix) and back."""
+def _load_tp_shard(ckpt: str, kind: str, model, tp_rank: int, tp_size: int, rename=None) -> dict:
+    """This rank's shard of KIND_mp_rank_XX files, resharded (by the model's parallel facts) when they were
+    written at another tp size. rename maps file keys to reshard.py's names ('field:parameter') and back."""
     saved = tp_shard_count(ckpt)
     if saved in (0, tp_size):
         return _load_tensors(os.path.join(ckpt, f"{kind}_mp_rank_{tp_rank:02d}.safetensors"))
     to_name, from_name = rename or (lambda k: k, lambda k: k)
     shards = [{to_name(k): v for k, v in _load_tensors(os.path.join(ckpt, f"{kind}_mp_rank_{r:02d}.safetensors")).items()}
               for r in range(saved)]
-    mine = split_tp(merge_tp_shards(shards), tp_size)[tp_rank]
+    facts = partition_facts(model)
+    mine = split_tp(merge_tp_shards(shards, facts), tp_size, facts)[tp_rank]
     return {from_name(k): v for k, v in mine.items()}
 
 
 def load_model_weights(ckpt: str, model, tp_rank: int = 0, tp_size: int = 1) -> None:
     """Load weights into model (resharding from another tp size)."""
-    load_state_checked(model, _load_tp_shard(ckpt, "model", tp_rank, tp_size),
+    load_state_checked(model, _load_tp_shard(ckpt, "model", model, tp_rank, tp_size),
                        f"checkpoint {ckpt}", hint=f"; load it with the config it was trained with ({ckpt}/config.yml)")
 
 
@@ -316,7 +316,8 @@ def load_checkpoint(load_dir: str, model, optimizer=None, par: Optional[Parallel
         if not os.path.isfile(os.path.join(ckpt, "optim_mp_rank_00.json")):
             raise UserError(f"{ckpt} holds no optimizer state (a ZeRO run of an earlier version kept only the "
                             "weights); set 'finetune: true' to start from its weights")
-        opt_tensors = _load_tp_shard(ckpt, "optim", par.tp_rank, par.tp_size, _optimizer_key_renames(model, optimizer))
+        opt_tensors = _load_tp_shard(ckpt, "optim", model, par.tp_rank, par.tp_size,
+                                     _optimizer_key_renames(model, optimizer))
         json_rank = min(par.tp_rank, tp_shard_count(ckpt) - 1)  # the non-tensor state is the same on every tp rank
         with open(os.path.join(ckpt, f"optim_mp_rank_{json_rank:02d}.json")) as f:
             optimizer.load_state_dict(_optimizer_from_files(opt_tensors, json.load(f)))

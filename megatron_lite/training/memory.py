@@ -15,6 +15,8 @@ from megatron_lite.config import Config
 from megatron_lite.errors import UserError
 from megatron_lite.model import fused
 from megatron_lite.model.attention import attention_core, reference_attention, sdpa_attention
+from megatron_lite.model.gpt import kv_heads, mlp_width
+from megatron_lite.model.size import layer_matmul_parameters
 
 GIB = 1024**3
 
@@ -54,15 +56,21 @@ def estimate_training_bytes(cfg: Config, num_params: int, precision: str, device
     grad_share = 4 / tp / (dp if stage >= 2 else 1)  # gradient bytes per parameter on this process
     all_grads = grad_share * num_params
 
-    sbh = s * b * h
-    # Per layer, replicated over tp: the fp32 residual at both norms and the two norm outputs; split over tp: the
-    # QKV output (which v keeps alive), rotated q and k, the attention output, and the MLP's two 4h tensors.
-    layer = (8 + 2 * act) * sbh + 14 * act * sbh / tp + 4 * b * heads / tp * s  # + SDPA's fp32 logsumexp
+    sbh, kv, width = s * b * h, kv_heads(m) * h // heads, mlp_width(m)
+    # What a norm keeps: its fp32 input and its output's autocast copy; RMSNorm, written in torch ops, also keeps
+    # its normalised input for the weight's gradient.
+    norm = 4 + act + (4 if m.norm == "rmsnorm" else 0)
+    # Per layer, replicated over tp: the fp32 residual at both norms and what the norms keep; split over tp: the
+    # QKV output (which v keeps alive), rotated q and k, the attention output, and the MLP's inner tensors
+    # (GeLU: its input and output; SwiGLU: [x; gate], silu(gate) and the product).
+    mlp = (4 if m.activation == "swiglu" else 2) * width
+    layer = 2 * norm * sbh + act * s * b * (3 * h + 3 * kv + mlp) / tp + 4 * b * heads / tp * s  # + logsumexp
     layer += _scores_bytes(cfg, device_type, act) * b * heads / tp * s * s
     if m.hidden_dropout > 0:
         layer += 2 * sbh  # two bool masks
-    layer += 2 * 12 * h * h / tp if act == 2 else 0  # autocast's 16-bit weight copies, kept for backward
-    head = (4 + act) * sbh + (2 * v * h / tp if act == 2 else 0)  # final norm input and output, weight copy
+    layer_weights = layer_matmul_parameters(m) / tp
+    layer += 2 * layer_weights if act == 2 else 0  # autocast's 16-bit weight copies, kept for backward
+    head = norm * sbh + (2 * v * h / tp if act == 2 else 0)  # the final norm, the output weight's copy
     if m.cross_entropy_loss_fusion and tp == 1 and fused.kernel_for(device_type, _dtype(act))[0] is not None:
         logits = 2 * act * b * s * v  # the kernel keeps the logits as they are; their gradient
     else:
@@ -78,10 +86,10 @@ def estimate_training_bytes(cfg: Config, num_params: int, precision: str, device
         return 4 * sbh * math.ceil(first / n) if m.checkpoint_activations else layer * first
 
     def grads(layers_done: int) -> float:
-        return all_grads if persistent else grad_share * (v * h + 12 * h * h * layers_done)
+        return all_grads if persistent else grad_share * (v * h + layer_weights * tp * layers_done)
 
     phases = [(saved(L) + head + logits, grads(0))]  # the loss's backward
-    working = 4 * sbh + 4 * act * sbh / tp  # the residual's fp32 gradient and the MLP's 4h-wide gradient
+    working = 4 * sbh + act * s * b * width / tp  # the residual's fp32 gradient and the MLP's inner gradient
     for first in range(0, L, n):  # each group's first layer
         width = min(n, L - first)
         phases.append((saved(first) + width * layer + working, grads(L - first)))

@@ -19,7 +19,8 @@ from megatron_lite.config import Config
 from megatron_lite.config_loader import dump_config
 from megatron_lite.data.blended_dataset import check_token_ids, datasets_from_config
 from megatron_lite.errors import UserError, warn_once
-from megatron_lite.model.gpt import GPTModel, count_parameters, flops_per_token
+from megatron_lite.model.gpt import GPTModel
+from megatron_lite.model.size import count_parameters, flops_per_token
 from megatron_lite.parallel import state as parallel_state
 from megatron_lite.parallel import zero
 from megatron_lite.parallel.cross_entropy import vocab_parallel_cross_entropy

@@ -1,15 +1,13 @@
 """GPTModel at tp=2 equals tp=1 (loss and gradients, fp32); the bucketed data-parallel reduction equals the
 plain all-reduce after backward; gradient clipping's norm over tp shards equals the full model's."""
 
-import contextlib
-
 import torch
 
-from megatron_lite.config import ModelConfig
 from megatron_lite.model.gpt import GPTModel
 from megatron_lite.parallel import state
 from megatron_lite.parallel.data_parallel import GradReducer, reference_all_reduce
-from megatron_lite.parallel.layers import gather_full
+from megatron_lite.parallel.layers import gather_param
+from megatron_lite.parallel.reshard import merge_tp_shards, partition_facts, split_tp
 from megatron_lite.parallel.random import TRACKER
 from megatron_lite.training.optim import clip_grad_norm
 from megatron_lite.training.trainer import lm_loss
@@ -20,37 +18,32 @@ CFG = dict(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=16, m
            rotary_pct=0.5, padded_vocab_size=256)
 
 
-@contextlib.contextmanager
-def single_process():
-    """Build and run a reference model as if this were the only process (tp=1, identity collectives)."""
-    saved = state._STATE
-    state._STATE = state.ParallelState()
-    try:
-        yield
-    finally:
-        state._STATE = saved
-
-
-def _check_gpt_tp(no_weight_tying, **fusions):
-    cfg = tiny_model_config(**CFG, no_weight_tying=no_weight_tying, **fusions)
-    with single_process():
+def _check_gpt_tp(no_weight_tying, **options):
+    cfg = tiny_model_config(**{**CFG, **options}, no_weight_tying=no_weight_tying)
+    with state.single_process():
         torch.manual_seed(0)
         ref = GPTModel(cfg)
     torch.manual_seed(0)
     model = GPTModel(cfg)
     names = dict(model.named_parameters())
     for name, p in ref.named_parameters():  # the same seed builds the same model at every tp size
-        assert torch.equal(gather_full(names[name], getattr(names[name], "tp_dim", None)), p.detach()), name
+        assert torch.equal(gather_param(names[name]), p.detach()), name
+    # Resharding the tp=1 weights by the parameters' facts gives this rank's shard, and merging gives them back.
+    facts = partition_facts(ref)
+    shards = split_tp(ref.state_dict(), 2, facts)
+    mine = shards[state.get().tp_rank]
+    assert all(torch.equal(mine[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(merge_tp_shards(shards, facts)[k], v) for k, v in ref.state_dict().items())
     torch.manual_seed(1)
     tokens = torch.randint(0, 250, (3, CFG["seq_length"] + 1))
     loss = lm_loss(model, tokens, torch.device("cpu"), "fp32")
     loss.backward()
-    with single_process():
+    with state.single_process():
         ref_loss = lm_loss(ref, tokens, torch.device("cpu"), "fp32")
         ref_loss.backward()
     assert abs(loss.item() - ref_loss.item()) < 1e-5, (loss.item(), ref_loss.item())
     for name, p in ref.named_parameters():
-        ours = gather_full(names[name].grad, getattr(names[name], "tp_dim", None))
+        ours = gather_param(names[name], names[name].grad)
         assert torch.allclose(ours, p.grad, atol=1e-5), f"{name}: {(ours - p.grad).abs().max().item():.3g}"
     # The clipping norm counts shards once each and replicated parameters once.
     params = list(model.parameters())
@@ -64,6 +57,11 @@ def _gpt_tp2():
     _check_gpt_tp(no_weight_tying=False, pos_emb="learned")  # GPT-NeoX's defaults: positions replicated over tp
     # The fused kernels on each rank's heads and MLP shard (bias-GeLU takes the column-parallel bias slice).
     _check_gpt_tp(no_weight_tying=True, attention_impl="fused", bias_gelu_fusion=True)
+    # The architecture options: [x; gate] and [q; k; v] blocks split separately, no biases, RMSNorm.
+    _check_gpt_tp(no_weight_tying=True, activation="swiglu", num_kv_heads=2)
+    _check_gpt_tp(no_weight_tying=True, norm="rmsnorm", activation="swiglu", num_kv_heads=2, rotary_pct=1.0,
+                  use_bias_in_attn_linear=False, use_bias_in_mlp=False)
+    _check_gpt_tp(no_weight_tying=False, use_bias_in_norms=False, attention_impl="reference", num_kv_heads=2)
 
 
 def test_gpt_model_tp2_matches_tp1():

@@ -2,13 +2,13 @@
 checkpoints move between tensor-parallel sizes (1 -> 2 and 2 -> 1) with weights and optimizer state."""
 
 import json
-import os
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from megatron_lite.parallel.reshard import merge_tp_shards
+from megatron_lite.interop.ours import read_weights_checkpoint
+from megatron_lite.model.gpt import meta_model
+from megatron_lite.parallel.reshard import merge_tp_shards, partition_facts
 from tests.conftest import run_tool
 
 NO_DROPOUT = ["--hidden-dropout", "0", "--attention-dropout", "0", "--log-interval", "1"]
@@ -22,9 +22,8 @@ def train(config, out, *args, timeout=240):
 
 
 def weights(save_dir):
-    ckpt = os.path.join(save_dir, open(os.path.join(save_dir, "latest")).read().strip())
-    files = sorted(f for f in os.listdir(ckpt) if f.startswith("model_mp_rank_"))
-    return merge_tp_shards([load_file(os.path.join(ckpt, f)) for f in files]), len(files)
+    cfg, shards = read_weights_checkpoint(str(save_dir))
+    return merge_tp_shards(shards, partition_facts(meta_model(cfg.model))), len(shards)
 
 
 @pytest.fixture(scope="module")

@@ -141,7 +141,7 @@ def test_unsupported_or_broken_directories_are_clear_errors(tmp_path, tokenizer_
     with pytest.raises(UserError, match="already exists and is not empty"):
         save_hf_dir(str(out), ours.state_dict(), ours.cfg, tok)
     config = json.loads((out / "config.json").read_text())
-    for key, value, message in [("model_type", "llama", "only 'gpt_neox'"),
+    for key, value, message in [("model_type", "bert", "only 'gpt_neox' and 'llama'"),
                                 ("hidden_act", "relu", "hidden_act = 'relu' is not supported"),
                                 ("intermediate_size", 100, "intermediate_size = 100")]:
         (out / "config.json").write_text(json.dumps({**config, key: value}))

@@ -7,7 +7,6 @@ import os
 import pytest
 import torch
 
-from megatron_lite.config import ModelConfig
 from megatron_lite.errors import UserError
 from megatron_lite.interop.neox import read_neox_checkpoint
 from megatron_lite.interop.safe_load import load_pt
@@ -22,8 +21,8 @@ ROW_BIASES = ("attention.dense.bias", "mlp.dense_4h_to_h.bias")
 
 
 def known_model(vocab=256, **kw):
-    cfg = tiny_model_config(num_layers=3, hidden_size=64, num_attention_heads=4, padded_vocab_size=vocab,
-                      max_position_embeddings=32, rotary_pct=0.25, **kw)
+    cfg = tiny_model_config(**{**dict(num_layers=3, hidden_size=64, num_attention_heads=4, padded_vocab_size=vocab,
+                                      max_position_embeddings=32, rotary_pct=0.25), **kw})
     torch.manual_seed(0)
     model = GPTModel(cfg).eval()
     with torch.no_grad():
@@ -32,12 +31,36 @@ def known_model(vocab=256, **kw):
     return model
 
 
-def write_neox_checkpoint(model, step_dir, tp):
+def neox_blocks(cfg, key):
+    """GPT-NeoX's per-rank layout of a column-parallel tensor: each rank computes its own [x; gate] (swiglu) or
+    [q; k; v] (grouped-query) from its slice of every block."""
+    h, kv = cfg.hidden_size, (cfg.num_kv_heads or cfg.num_attention_heads) * cfg.hidden_size // cfg.num_attention_heads
+    if key.startswith("mlp.dense_h_to_4h") and cfg.activation == "swiglu":
+        return 2
+    if key.startswith("attention.query_key_value") and kv != h:
+        return [h, kv, kv]
+    return None
+
+
+def split_rows(t, blocks, tp, r):
+    if blocks is None:
+        return t.chunk(tp, 0)[r]
+    parts = t.chunk(blocks, 0) if isinstance(blocks, int) else t.split(blocks, 0)
+    return torch.cat([p.chunk(tp, 0)[r] for p in parts])
+
+
+# Current GPT-NeoX's names for ours (PolyCoder-era checkpoints use ours).
+MODERN = (("mlp.dense_h_to_4h.", "mlp.linear1."), ("mlp.dense_4h_to_h.", "mlp.linear2."),
+          ("layernorm.weight", "layernorm.scale"))
+
+
+def write_neox_checkpoint(model, step_dir, tp, modern=False):
     """What GPT-NeoX's PipelineModule saves: per pipeline layer and tp rank a state dict under NeoX names.
 
     Written here independently of the importer: column-parallel rows and row-parallel columns are split in
-    contiguous chunks; with a parallel residual each rank holds 1/tp of a row-parallel bias (GPT-NeoX adds every
-    rank's bias before one all-reduce); norms and other biases are replicated; each layer has its inv_freq buffer."""
+    contiguous chunks (per block where GPT-NeoX splits [x; gate] or [q; k; v]); with a parallel residual each rank
+    holds 1/tp of a row-parallel bias (GPT-NeoX adds every rank's bias before one all-reduce); norms and other
+    biases are replicated; each layer has its inv_freq buffer. modern: current GPT-NeoX's names (linear1, scale)."""
     cfg, sd = model.cfg, model.state_dict()
     os.makedirs(step_dir)
     head_dim = cfg.hidden_size // cfg.num_attention_heads
@@ -59,15 +82,20 @@ def write_neox_checkpoint(model, step_dir, tp):
                     continue
                 key = name[len(f"layers.{i}."):]
                 if key in DIM0:
-                    t = t.chunk(tp, 0)[r]
+                    t = split_rows(t, neox_blocks(cfg, key), tp, r)
                 elif key in DIM1:
                     t = t.chunk(tp, 1)[r]
                 elif key in ROW_BIASES and cfg.gpt_j_residual:
                     t = t / tp
+                for ours, theirs in MODERN if modern and cfg.norm == "rmsnorm" else MODERN[:2] if modern else ():
+                    key = key.replace(ours, theirs)
                 state[key] = t.clone()
             save(i + 2, r, state)
         n = cfg.num_layers
-        save(n + 3, r, {"norm.weight": sd["final_layer_norm.weight"].clone(), "norm.bias": sd["final_layer_norm.bias"].clone()})
+        norm = {k.replace("final_layer_norm.", "norm."): t.clone() for k, t in sd.items() if k.startswith("final_")}
+        if modern and cfg.norm == "rmsnorm":
+            norm = {"norm.scale": norm.pop("norm.weight")}
+        save(n + 3, r, norm)
         if cfg.no_weight_tying:
             save(n + 4, r, {"final_linear.weight": sd["embed_out.weight"].chunk(tp, 0)[r].clone()})
 
@@ -84,6 +112,20 @@ def test_tp2_neox_checkpoint_imports_with_same_logits(tmp_path, parallel, untied
     with torch.no_grad():
         diff = (imported(x) - source(x)).abs().max().item()
     assert diff < 1e-5
+
+
+@pytest.mark.parametrize("options", [dict(activation="swiglu", num_kv_heads=2, hidden_size=96),  # width 128
+                                     dict(hidden_size=96, norm="rmsnorm", activation="swiglu", num_kv_heads=2, use_bias_in_mlp=False,
+                                          use_bias_in_attn_linear=False, no_weight_tying=True)])
+def test_current_gpt_neox_names_and_layouts_import_with_same_logits(tmp_path, options):
+    source = known_model(**options)
+    write_neox_checkpoint(source, str(tmp_path / "global_step7"), tp=2, modern=True)
+    weights = read_neox_checkpoint(str(tmp_path / "global_step7"), source.cfg)
+    imported = GPTModel(source.cfg).eval()
+    load_state_checked(imported, weights, "test")
+    x = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (imported(x) - source(x)).abs().max().item() < 1e-5
 
 
 def test_layer_count_mismatch_is_a_clear_error(tmp_path):

@@ -5,14 +5,13 @@ import inspect
 import pytest
 import torch
 
-from megatron_lite.config import ModelConfig
 from megatron_lite.config_loader import load_config
 from megatron_lite.data.tokenizer import build_tokenizer, train_sentencepiece
 from megatron_lite.errors import UserError
 from megatron_lite.interop.convert import ours_to_hf, reshard_ours
 from megatron_lite.interop.ours import read_weights_checkpoint, write_weights_checkpoint
 from megatron_lite.model.gpt import GPTModel
-from megatron_lite.parallel.reshard import merge_tp_shards, partition_dim, reshard, split_tp
+from megatron_lite.parallel.reshard import merge_tp_shards, partition_facts, reshard, split_tp
 from tests.conftest import tiny_model_config
 
 
@@ -20,24 +19,25 @@ def full_state(untied=True):
     torch.manual_seed(0)
     cfg = tiny_model_config(num_layers=2, hidden_size=32, num_attention_heads=4, padded_vocab_size=64,
                       max_position_embeddings=16, no_weight_tying=untied)
-    return GPTModel(cfg).state_dict()
+    model = GPTModel(cfg)
+    return model.state_dict(), partition_facts(model)
 
 
 @pytest.mark.parametrize("untied", [True, False])
 @pytest.mark.parametrize("tp", [1, 2, 4])
 def test_split_then_merge_is_identity(tp, untied):
-    full = full_state(untied)
-    shards = split_tp(full, tp)
+    full, facts = full_state(untied)
+    shards = split_tp(full, tp, facts)
     assert len(shards) == tp
-    merged = merge_tp_shards(shards)
+    merged = merge_tp_shards(shards, facts)
     assert set(merged) == set(full)
     for name, t in full.items():
         assert torch.equal(merged[name], t), name
 
 
 def test_partition_contract_shapes():
-    full = full_state()
-    shards = split_tp(full, 2)
+    full, facts = full_state()
+    shards = split_tp(full, 2, facts)
     qkv = "layers.0.attention.query_key_value.weight"
     assert shards[0][qkv].shape == (48, 32) and torch.equal(shards[1][qkv], full[qkv][48:])  # heads 2, 3
     assert shards[1]["layers.0.attention.dense.weight"].shape == (32, 16)
@@ -46,31 +46,32 @@ def test_partition_contract_shapes():
     assert shards[0]["embed_in.weight"].shape == (32, 32) and shards[1]["embed_out.weight"].shape == (32, 32)
     for name in ("layers.0.attention.dense.bias", "layers.0.mlp.dense_4h_to_h.bias", "final_layer_norm.weight",
                  "layers.1.input_layernorm.bias"):
-        assert partition_dim(name) is None and torch.equal(shards[1][name], full[name])
+        assert name not in facts and torch.equal(shards[1][name], full[name])
 
 
 def test_reshard_n_to_m_matches_direct_split():
-    full = full_state()
-    direct = split_tp(full, 4)
-    via = reshard(split_tp(full, 2), 4)
+    full, facts = full_state()
+    direct = split_tp(full, 4, facts)
+    via = reshard(split_tp(full, 2, facts), 4, facts)
     for a, b in zip(direct, via):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_merge_refuses_disagreeing_replicas_and_missing_names():
-    shards = split_tp(full_state(), 2)
+    full, facts = full_state()
+    shards = split_tp(full, 2, facts)
     shards[1]["final_layer_norm.bias"] = shards[1]["final_layer_norm.bias"] + 1
     with pytest.raises(UserError, match="final_layer_norm.bias.*differs"):
-        merge_tp_shards(shards)
-    shards = split_tp(full_state(), 2)
+        merge_tp_shards(shards, facts)
+    shards = split_tp(full, 2, facts)
     del shards[1]["embed_out.weight"]
     with pytest.raises(UserError, match="rank 1 holds different parameters"):
-        merge_tp_shards(shards)
+        merge_tp_shards(shards, facts)
 
 
 def test_split_refuses_indivisible_sizes():
-    with pytest.raises(UserError, match="not divisible by tensor-parallel size 3"):
-        split_tp(full_state(), 3)
+    with pytest.raises(UserError, match="does not divide by tensor-parallel size 3"):
+        split_tp(full_state()[0], 3, full_state()[1])
 
 
 def test_reshard_tool_keeps_weights_and_a_sentencepiece_tokenizer(tmp_path):
@@ -90,7 +91,7 @@ def test_reshard_tool_keeps_weights_and_a_sentencepiece_tokenizer(tmp_path):
     assert cfg2.parallel.model_parallel_size == 2 and cfg2.data.tokenizer_type == "SPMTokenizer"
     assert cfg2.data.vocab_file == str(tmp_path / "tp2" / "tokenizer.model")
     assert (tmp_path / "tp2" / "latest").read_text().strip() == "global_step3"
-    merged = merge_tp_shards(shards)
+    merged = merge_tp_shards(shards, partition_facts(GPTModel(cfg.model)))
     assert all(torch.equal(merged[k], full[k]) for k in full)
     with pytest.raises(UserError, match="sentencepiece tokenizer to Hugging Face is not supported"):
         ours_to_hf(str(tmp_path / "tp2"), str(tmp_path / "hf"))

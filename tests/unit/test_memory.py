@@ -47,6 +47,7 @@ def test_estimate_is_within_15_percent_of_the_measured_peak(micro_config, shape,
     ("--precision", "fp32", "--attention-impl", "reference"),  # materialised scores
     ("--cross-entropy-loss-fusion", "true", "--bias-gelu-fusion", "true",  # the csrc kernels (configs/tiny.yml)
      "--scaled-upper-triang-masked-softmax-fusion", "true"),
+    ("--norm", "rmsnorm", "--activation", "swiglu", "--num-kv-heads", "2", "--use-bias-in-mlp", "false"),  # Llama
     ("--precision", "fp32", "--checkpoint-activations", "true", "--checkpoint-num-layers", "2",
      "--gradient-accumulation-steps", "2"),  # gradients kept across micro batches
 ])

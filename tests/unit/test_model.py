@@ -9,7 +9,8 @@ import transformers
 from megatron_lite.config import ModelConfig, pad_vocab_size
 from megatron_lite.config_loader import load_config
 from megatron_lite.errors import UserError
-from megatron_lite.model.gpt import GPTModel, count_parameters, flops_per_token
+from megatron_lite.model.gpt import GPTModel
+from megatron_lite.model.size import count_parameters, flops_per_token
 from megatron_lite.model.init import init_std
 from tests.conftest import tiny_model_config
 
@@ -81,7 +82,7 @@ def test_flops_per_token_matches_megatron_formula():
 
 # ---- config errors -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("key,value", [("pos_emb", "alibi"), ("norm", "rmsnorm"), ("activation", "relu"),
+@pytest.mark.parametrize("key,value", [("pos_emb", "alibi"), ("norm", "scalenorm"), ("activation", "relu"),
                                        ("attention_impl", "flash")])
 def test_unsupported_choices_name_the_key(key, value):
     flag = "--" + key.replace("_", "-")

@@ -62,12 +62,12 @@ def test_unsupported_features_accept_gpt_neox_default_and_refuse_anything_else(t
     for key, (default, _) in UNSUPPORTED.items():
         assert same(default, neox_default(key)), key
     path = tmp_path / "c.yml"
-    path.write_text("train_micro_batch_size_per_gpu: 1\nuse_bias_in_norms: true\nnum_kv_heads: null\nz_loss: 0\n")
+    path.write_text("train_micro_batch_size_per_gpu: 1\nuse_qk_layernorm: false\nintermediate_size: null\nz_loss: 0\n")
     load_config([str(path)])
-    with pytest.raises(UserError, match=r"'--num-kv-heads': 2 is not supported: grouped-query attention"):
-        load_config([str(path)], ["--num-kv-heads", "2"])
-    with pytest.raises(UserError, match=r"'--use-bias-in-norms': False is not supported"):
-        load_config([str(path)], ["--use-bias-in-norms", "false"])
+    with pytest.raises(UserError, match=r"'--intermediate-size': 100 is not supported: the MLP width follows"):
+        load_config([str(path)], ["--intermediate-size", "100"])
+    with pytest.raises(UserError, match=r"'--use-qk-layernorm': True is not supported"):
+        load_config([str(path)], ["--use-qk-layernorm", "true"])
 
 
 def test_aliases_and_no_effect_keys(tmp_path, capsys):
