@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from megatron_lite.config import DataConfig, ModelConfig
 from megatron_lite.errors import UserError
-from megatron_lite.interop.llama import from_llama, llama_config, llama_mismatches, llama_model_fields, to_llama
+from megatron_lite.interop.llama import (from_llama, llama_config, llama_mismatches, llama_model_fields, rope_theta,
+                                         to_llama)
 from megatron_lite.interop.ours import new_output_dir, publish
 from megatron_lite.interop.safe_load import load_pt
 
@@ -80,21 +81,15 @@ def model_fields(config: dict, source: str) -> dict:
     for key, (value, wanted) in checks.items():
         if value != wanted:
             raise UserError(f"{source}: {key} = {value!r} is not supported; expected {wanted!r}")
-    if config.get("rope_scaling"):
-        raise UserError(f"{source}: rope_scaling {config['rope_scaling']!r} is not supported")
+    theta = rope_theta(config, source, "rotary_emb_base")
     rope = config.get("rope_parameters") or {}
-    if rope.get("rope_type", "default") != "default":
-        raise UserError(f"{source}: rope_type {rope['rope_type']!r} is not supported; expected 'default'")
-    theta = rope.get("rope_theta", config.get("rotary_emb_base", 10000))
-    if float(theta) != int(theta):
-        raise UserError(f"{source}: rope_theta {theta} is not a whole number")
     max_pos = need("max_position_embeddings")
     return {
         "num_layers": need("num_hidden_layers"), "hidden_size": hidden,
         "num_attention_heads": need("num_attention_heads"), "max_position_embeddings": max_pos,
         # transformers' GPTNeoXConfig default when config.json names neither (0.25, not GPT-NeoX's 1.0)
         "rotary_pct": float(rope.get("partial_rotary_factor", config.get("rotary_pct", 0.25))),
-        "rotary_emb_base": int(theta), "layernorm_epsilon": float(config.get("layer_norm_eps", 1e-5)),
+        "rotary_emb_base": theta, "layernorm_epsilon": float(config.get("layer_norm_eps", 1e-5)),
         "gpt_j_residual": bool(config.get("use_parallel_residual", True)),
         "no_weight_tying": not config.get("tie_word_embeddings", False),
         "pos_emb": "rotary", "padded_vocab_size": need("vocab_size"), "hidden_dropout": 0.0, "attention_dropout": 0.0,

@@ -39,6 +39,19 @@ def llama_config(cfg: ModelConfig, eod_id: int) -> dict:
     }
 
 
+def rope_theta(config: dict, source: str, legacy_key: str) -> int:
+    """The default-type rotary base of a transformers config.json (rope_parameters, else legacy_key)."""
+    if config.get("rope_scaling"):
+        raise UserError(f"{source}: rope_scaling {config['rope_scaling']!r} is not supported")
+    rope = config.get("rope_parameters") or {}
+    if rope.get("rope_type", "default") != "default":
+        raise UserError(f"{source}: rope_type {rope['rope_type']!r} is not supported; expected 'default'")
+    theta = rope.get("rope_theta", config.get(legacy_key, 10000))
+    if float(theta) != int(theta):
+        raise UserError(f"{source}: rope_theta {theta} is not a whole number")
+    return int(theta)
+
+
 def llama_model_fields(config: dict, source: str) -> dict:
     """ModelConfig fields from a Llama config.json; what our model cannot reproduce is a UserError."""
     def need(key):
@@ -47,20 +60,14 @@ def llama_model_fields(config: dict, source: str) -> dict:
         return config[key]
 
     hidden, heads = need("hidden_size"), need("num_attention_heads")
-    wanted = {"hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "head_dim": hidden // heads,
-              "rope_scaling": None}
+    wanted = {"hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "head_dim": hidden // heads}
     for key, value in wanted.items():
         if config.get(key, value) != value:
             raise UserError(f"{source}: {key} = {config[key]!r} is not supported; expected {value!r}")
-    rope = config.get("rope_parameters") or {}
-    if rope.get("rope_type", "default") != "default":
-        raise UserError(f"{source}: rope_type {rope['rope_type']!r} is not supported; expected 'default'")
-    theta = rope.get("rope_theta", config.get("rope_theta", 10000))
-    if float(theta) != int(theta):
-        raise UserError(f"{source}: rope_theta {theta} is not a whole number")
     fields = dict(LLAMA_SHAPE, num_layers=need("num_hidden_layers"), hidden_size=hidden, num_attention_heads=heads,
                   num_kv_heads=config.get("num_key_value_heads", heads), padded_vocab_size=need("vocab_size"),
-                  max_position_embeddings=need("max_position_embeddings"), rotary_emb_base=int(theta),
+                  max_position_embeddings=need("max_position_embeddings"),
+                  rotary_emb_base=rope_theta(config, source, "rope_theta"),
                   rms_norm_epsilon=float(config.get("rms_norm_eps", 1e-6)), hidden_dropout=0.0,
                   attention_dropout=0.0)
     if config.get("tie_word_embeddings", False):

@@ -76,8 +76,10 @@ def read_weights_checkpoint(path: str):
     """(resolved Config, [state dict per tensor-parallel rank]) of our checkpoint (save dir or global_stepN)."""
     ckpt = resolve_checkpoint(path)
     ranks = sorted(f for f in os.listdir(ckpt) if f.startswith("model_mp_rank_") and f.endswith(".safetensors"))
-    # A tp-rank checkpoint's config says model-parallel-size tp, which is only valid with that many processes.
-    cfg = load_config([os.path.join(ckpt, "config.yml")], env={"WORLD_SIZE": str(max(1, len(ranks)))})
+    # Its config is valid with the processes that saved it: one RNG file each (tp x dp), or tp for converted
+    # weights, which have none.
+    world = len([f for f in os.listdir(ckpt) if f.startswith("rng_rank_")]) or len(ranks)
+    cfg = load_config([os.path.join(ckpt, "config.yml")], env={"WORLD_SIZE": str(max(1, world))})
     expected = [f"model_mp_rank_{r:02d}.safetensors" for r in range(len(ranks))]
     if not ranks or ranks != expected:
         raise UserError(f"checkpoint {ckpt}: expected model_mp_rank_00.safetensors, ... one per rank, found {ranks}")

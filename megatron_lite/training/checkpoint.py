@@ -215,7 +215,8 @@ def saved_config(ckpt: str) -> dict:
 
 # Config keys that make a checkpoint's weights a different model (by shape or by meaning).
 ARCHITECTURE_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "padded_vocab_size", "pos_emb", "rotary_pct",
-                     "no_weight_tying", "gpt_j_residual")
+                     "no_weight_tying", "gpt_j_residual", "norm", "activation", "num_kv_heads", "use_bias_in_norms",
+                     "use_bias_in_attn_linear", "use_bias_in_mlp")
 
 
 def check_same_model(ckpt: str, model: ModelConfig, key: str) -> None:

@@ -43,8 +43,8 @@ def tokens(b=2, s=12):
     return torch.randint(0, VOCAB, (b, s), generator=torch.Generator().manual_seed(5))
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "reference"])
-@pytest.mark.parametrize("option", OPTIONS)
+@pytest.mark.parametrize("option,impl", [(option, "sdpa") for option in OPTIONS] + [("gqa", "reference"),
+                                                                                    ("mqa", "fused")])
 def test_kv_cache_matches_recompute(option, impl):
     model = model_of(attention_impl=impl, **OPTIONS[option])
     x = tokens()
