@@ -129,7 +129,8 @@ MLPS = {"gelu": MLP, "swiglu": SwiGLU}
 
 
 class TransformerLayer(nn.Module):
-    """Pre-LayerNorm block; parallel residual (GPT-J) when gpt_j_residual, else sequential."""
+    """Pre-norm block (the norm and MLP classes chosen by the config); parallel residual (GPT-J) when
+    gpt_j_residual, else sequential."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
