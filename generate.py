@@ -8,11 +8,12 @@ prompt, kept byte for byte; a jsonl file gives one prompt per record's "prompt")
 
 import dataclasses
 import json
-import os
 import sys
 
 from megatron_lite.config_loader import load_config_from_argv, print_usage_if_asked
 from megatron_lite.errors import UserError, exit_on_user_error
+from megatron_lite.data.jsonl import iter_jsonl
+from megatron_lite.files import atomic_write_text
 
 
 def read_prompts(path: str) -> list:
@@ -29,16 +30,10 @@ def read_prompts(path: str) -> list:
             raise UserError(f"sample-input-file {path} is empty")
         return [text]
     prompts = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            prompts.append(record["prompt"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{path}:{lineno}: expected a JSON object with a 'prompt' string") from None
-        if not isinstance(prompts[-1], str):
-            raise UserError(f"{path}:{lineno}: 'prompt' must be a string")
+    for lineno, record in iter_jsonl(path):
+        if not isinstance(record.get("prompt"), str):
+            raise UserError(f"{path}:{lineno}: expected a JSON object with a 'prompt' string")
+        prompts.append(record["prompt"])
     if not prompts:
         raise UserError(f"sample-input-file {path} holds no prompts")
     return prompts
@@ -46,12 +41,7 @@ def read_prompts(path: str) -> list:
 
 def write_samples(path: str, completions: list) -> None:
     """jsonl of context, text, length, finished, duration_seconds; written under a temporary name, then renamed."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for c in completions:
-            f.write(json.dumps(dataclasses.asdict(c)) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(dataclasses.asdict(c)) + "\n" for c in completions))
 
 
 @exit_on_user_error

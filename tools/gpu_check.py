@@ -20,7 +20,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from megatron_lite.evaluation.report import atomic_write, write_json  # noqa: E402
+from megatron_lite.evaluation.report import write_json  # noqa: E402
+from megatron_lite.files import atomic_write_text  # noqa: E402
 
 DRY = os.environ.get("GPU_CHECK_DRY") == "1"
 KEY_LINES = re.compile(r"^(RATIO .*|.*tokens/s.*|.*MFU.*|memory .*|.*peak.*|setup.py: .*|\d+ (passed|skipped).*)$")
@@ -147,11 +148,7 @@ def main():
             f"steps ok" + (f"; failed: {', '.join(failed)}" if failed else "") + "\n")
     for s in summary:
         text += f"\n[{s['status']}] {s['step']} ({s['seconds']} s)\n" + "".join(f"  {line}\n" for line in s["lines"])
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-
-    atomic_write(args.output, write)
+    atomic_write_text(args.output, text)
     write_json(os.path.splitext(args.output)[0] + ".json", summary)
     print(f"\nwrote {args.output}\n{text.splitlines()[0]}")
     sys.exit(1 if failed else 0)

@@ -8,6 +8,7 @@ import numpy as np
 
 from megatron_lite.data.indexed_dataset import IndexedDataset
 from megatron_lite.errors import UserError, warn_once
+from megatron_lite.files import atomic_write
 
 SPLIT_NAMES = ("train", "valid", "test")
 
@@ -78,14 +79,11 @@ def _load_cached(paths, documents: np.ndarray, num_epochs: int, num_tokens: int,
 
 def _save_cached(paths, arrays) -> None:
     for path, arr in zip(paths, arrays):
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
+        def write(tmp, arr=arr):
             with open(tmp, "wb") as f:
                 np.save(f, arr, allow_pickle=False)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+
+        atomic_write(path, write)
 
 
 class GPTDataset:

@@ -63,8 +63,9 @@ class _ZstdReader(io.RawIOBase):
         super().close()
 
 
-def iter_jsonl(path: str) -> Iterator[Tuple[int, dict]]:
-    """(line number, record) for each non-blank line; a line that is not a JSON object -> UserError."""
+def iter_jsonl(path: str, resumable: bool = False) -> Iterator[Tuple[int, dict]]:
+    """(line number, record) for each non-blank line of a .jsonl(.gz|.zst); a line that is not a JSON object ->
+    UserError, or, for a file our runs append to (resumable), is skipped: a killed run can leave a line cut short."""
     try:
         f = open_binary(path)
     except OSError as e:
@@ -85,8 +86,12 @@ def iter_jsonl(path: str) -> Iterator[Tuple[int, dict]]:
             try:
                 record = json.loads(line)
             except (ValueError, UnicodeDecodeError) as e:
+                if resumable:
+                    continue
                 raise UserError(f"{path}:{lineno}: not valid JSON ({str(e).splitlines()[0]})") from None
             if not isinstance(record, dict):
+                if resumable:
+                    continue
                 raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
             yield lineno, record
 

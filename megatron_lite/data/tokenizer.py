@@ -6,6 +6,7 @@ import os
 from typing import List, Optional
 
 from megatron_lite.errors import UserError
+from megatron_lite.files import atomic_write
 
 EOD_TOKEN = "<|endoftext|>"
 TOKENIZER_TYPES = ("HFTokenizer", "GPT2BPETokenizer", "SPMTokenizer")
@@ -204,7 +205,6 @@ def _spm_pieces(texts):
 def train_sentencepiece(texts, vocab_size: int, out_dir: str, extra_special=()) -> None:
     """Train a lossless BPE sentencepiece model into out_dir/tokenizer.model (temporary name, then rename)."""
     import io
-    import tempfile
 
     import sentencepiece as spm
 
@@ -219,8 +219,8 @@ def train_sentencepiece(texts, vocab_size: int, out_dir: str, extra_special=()) 
             bos_id=-1, eos_id=-1, unk_id=0, minloglevel=2, num_threads=os.cpu_count() or 1)
     except RuntimeError as e:
         raise UserError(f"sentencepiece training failed: {_first_line(e)}") from None
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tokenizer-", suffix=".model", dir=out_dir)
-    with os.fdopen(fd, "wb") as f:
-        f.write(model.getvalue())
-    os.replace(tmp, os.path.join(out_dir, "tokenizer.model"))
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(model.getvalue())
+
+    atomic_write(os.path.join(out_dir, "tokenizer.model"), write)

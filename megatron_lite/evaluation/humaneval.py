@@ -1,6 +1,5 @@
 """HumanEval: sample completions of the 164 prompts, execute them against their tests in the sandbox, pass@k."""
 
-import gzip
 import json
 import os
 import re
@@ -9,10 +8,11 @@ from typing import Dict, List, Optional
 
 from tqdm import tqdm
 
+from megatron_lite.data.jsonl import iter_jsonl
 from megatron_lite.errors import UserError
 from megatron_lite.evaluation.pass_at_k import mean_pass_at_k
-from megatron_lite.evaluation.report import end_cut_short_line
 from megatron_lite.evaluation.sandbox import Job, Sandbox
+from megatron_lite.files import end_cut_short_line
 
 # Codex's stop sequences: a completion is one function body, so a new top-level statement ends it.
 STOP = re.compile(r"\n(?:def |class |if |print|#|@)")
@@ -32,15 +32,7 @@ def default_problem_file() -> str:
 
 def read_jsonl(path: str) -> List[dict]:
     """Records of a .jsonl or .jsonl.gz file; a line cut short by a killed run is skipped."""
-    opener = gzip.open if path.endswith(".gz") else open
-    records = []
-    with opener(path, "rt") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return records
+    return [record for _, record in iter_jsonl(path, resumable=True)]
 
 
 def load_problems(path: Optional[str] = None, limit: Optional[int] = None) -> List[dict]:

@@ -4,27 +4,7 @@ import json
 import os
 from typing import Dict
 
-
-def atomic_write(path: str, write) -> str:
-    """Call write(temporary path), then move it to `path`, so a killed run never leaves half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def end_cut_short_line(path: str):
-    """Finish a last line that a killed run left unfinished, so records appended to `path` start on their own line."""
-    if os.path.exists(path) and os.path.getsize(path):
-        with open(path, "rb+") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
+from megatron_lite.files import atomic_write
 
 
 def write_json(path: str, data) -> str:

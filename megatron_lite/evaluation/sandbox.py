@@ -18,8 +18,9 @@ from typing import List, Optional
 
 from tqdm import tqdm
 
+from megatron_lite.data.jsonl import iter_jsonl
 from megatron_lite.errors import UserError, warn_once
-from megatron_lite.evaluation.report import end_cut_short_line
+from megatron_lite.files import end_cut_short_line
 
 MAX_WORKERS = 64
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_worker.py")
@@ -185,13 +186,9 @@ def load_cache(path: Optional[str]) -> dict:
     """key -> verdict from a cache file (jsonl); a line cut short by a killed run is ignored."""
     cache = {}
     if path and os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    entry = json.loads(line)
-                    cache[entry.pop("key")] = entry
-                except (ValueError, KeyError):
-                    continue
+        for _, entry in iter_jsonl(path, resumable=True):
+            if "key" in entry:
+                cache[entry.pop("key")] = entry
         end_cut_short_line(path)
     elif path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
