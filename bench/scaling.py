@@ -33,7 +33,7 @@ def worker(rank: int, port: int, args, results) -> None:
     from megatron_lite.model.gpt import GPTModel
     from megatron_lite.parallel import state
     from megatron_lite.parallel.data_parallel import GradReducer
-    from megatron_lite.training.trainer import lm_loss
+    from megatron_lite.training.loss import lm_loss
 
     torch.set_num_threads(args.threads)
     s = state.initialize(ParallelConfig(data_parallel_size=2, world_size=2))

@@ -29,7 +29,8 @@ sys.path.insert(0, REPO)
 
 from megatron_lite.config_loader import load_config  # noqa: E402
 from megatron_lite.precision import autocast  # noqa: E402
-from megatron_lite.training.trainer import Trainer, get_batch  # noqa: E402
+from megatron_lite.data.batches import get_batch  # noqa: E402
+from megatron_lite.training.trainer import Trainer  # noqa: E402
 from device import add_device_argument, select_device, timed  # noqa: E402
 from peers import transformers_twin  # noqa: E402
 

@@ -1,6 +1,10 @@
-"""Writing files so that a killed run never leaves half of one: the package's one atomic-write helper."""
+"""Writing files and directories so that a killed run never leaves half of one: the package's atomic-write
+helpers."""
 
 import os
+import shutil
+
+from megatron_lite.errors import UserError
 
 
 def atomic_write(path: str, write) -> str:
@@ -33,3 +37,32 @@ def end_cut_short_line(path: str) -> None:
             f.seek(-1, os.SEEK_END)
             if f.read(1) != b"\n":
                 f.write(b"\n")
+
+
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries (renames, new files) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def new_output_dir(path: str) -> str:
+    """A hidden temporary sibling of `path` to fill; refuse to overwrite a non-empty `path`."""
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise UserError(f"output '{path}' already exists and is not empty; choose a new directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".tmp-{os.path.basename(os.path.abspath(path))}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    return tmp
+
+
+def publish(tmp: str, path: str) -> None:
+    """Move a finished temporary output directory into place."""
+    fsync_dir(tmp)
+    if os.path.isdir(path):
+        os.rmdir(path)  # empty (checked by new_output_dir)
+    os.rename(tmp, path)

@@ -8,10 +8,10 @@ from megatron_lite.data.tokenizer import build_tokenizer
 from megatron_lite.errors import UserError
 from megatron_lite.interop.hf import load_hf_dir, save_hf_dir
 from megatron_lite.interop.neox import layer_files, read_neox_checkpoint
-from megatron_lite.interop.ours import read_weights_checkpoint, write_weights_checkpoint
 from megatron_lite.model.gpt import meta_model
 from megatron_lite.parallel.reshard import merge_tp_shards, partition_facts, split_tp
-from megatron_lite.training.checkpoint import STEP_DIR, resolve_checkpoint
+from megatron_lite.training.checkpoint import (STEP_DIR, read_weights_checkpoint, resolve_checkpoint,
+                                               write_weights_checkpoint)
 
 
 def _tokenizer(cfg: Config):

@@ -14,9 +14,9 @@ from safetensors.torch import load_file, save_file
 
 from megatron_lite.config import DataConfig, ModelConfig
 from megatron_lite.errors import UserError
+from megatron_lite.files import new_output_dir, publish
 from megatron_lite.interop.llama import (from_llama, llama_config, llama_mismatches, llama_model_fields, rope_theta,
                                          to_llama)
-from megatron_lite.interop.ours import new_output_dir, publish
 from megatron_lite.interop.safe_load import load_pt
 
 PREFIX = "gpt_neox."

@@ -1,5 +1,6 @@
-"""Checkpoints: SAVE/global_stepN/ with safetensors weights and optimizer state, JSON trainer state, the
-resolved config; SAVE/latest names the newest complete one and is replaced atomically.
+"""Checkpoints, the one owner of their layout: SAVE/global_stepN/ with safetensors weights (model_mp_rank_XX) and
+optimizer state, JSON trainer state, the resolved config; SAVE/latest names the newest complete one and is
+replaced atomically. Weights-only checkpoints (converted, resharded) also carry their tokenizer in SAVE/.
 
 A save writes into a hidden temporary directory, fsyncs every file, renames the directory into place,
 and only then rewrites `latest`, so a save killed at any point leaves `latest` on a complete checkpoint.
@@ -19,8 +20,10 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from megatron_lite.config import ModelConfig
+from megatron_lite.config import Config, ModelConfig
+from megatron_lite.config_loader import dump_config, load_config
 from megatron_lite.errors import UserError, warn_once
+from megatron_lite.files import fsync_dir, new_output_dir, publish
 from megatron_lite.parallel.reshard import merge_tp_shards, partition_facts, split_tp
 from megatron_lite.parallel.random import TRACKER
 from megatron_lite.parallel.state import ParallelState
@@ -38,14 +41,6 @@ class TrainerState:
     skipped_iters: int = 0
     loss_scaler: dict = field(default_factory=dict)
     planned_iters: Optional[int] = None  # the run's length as train-time-budget planned it (None: train-iters)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_json(path: str, obj) -> None:
@@ -148,7 +143,7 @@ def save_checkpoint(save_dir: str, model, optimizer, state: TrainerState, config
             f.write(config_yaml)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _publish(save_dir, tmp, tag, keep_last)
     par.barrier()
     return final
@@ -168,7 +163,7 @@ def _publish(save_dir: str, tmp: str, tag: str, keep_last: Optional[int]) -> Non
         f.flush()
         os.fsync(f.fileno())
     os.replace(latest_tmp, os.path.join(save_dir, "latest"))
-    _fsync_dir(save_dir)
+    fsync_dir(save_dir)
     if old:
         shutil.rmtree(old, ignore_errors=True)
     if keep_last:
@@ -330,3 +325,59 @@ def load_checkpoint(load_dir: str, model, optimizer=None, par: Optional[Parallel
         warn_once(f"{ckpt} has no RNG state for rank {par.rank} (saved with another process count); "
                   "dropout streams start fresh")
     return TrainerState(**meta)
+
+
+# ---- weights-only checkpoints (converted or resharded): no optimizer or RNG state; train from one with
+# `finetune: true` ----
+
+def write_weights_checkpoint(save_dir: str, shards: list, cfg: Config, tokenizer, step: int = 0) -> str:
+    """Write a weights-only checkpoint (one safetensors file per tensor-parallel rank) with its tokenizer,
+    atomically; config.yml names that tokenizer."""
+    if tokenizer.vocab_size > cfg.model.padded_vocab_size:
+        raise UserError(f"the tokenizer ({cfg.data.vocab_file}) has {tokenizer.vocab_size} tokens but the model's "
+                        f"vocabulary is {cfg.model.padded_vocab_size}: pass the tokenizer the model was trained with")
+    cfg.parallel.model_parallel_size = len(shards)
+    tmp = new_output_dir(save_dir)
+    try:
+        _copy_tokenizer(tokenizer, cfg, tmp, os.path.abspath(save_dir))
+        step_dir = os.path.join(tmp, f"global_step{step}")
+        os.makedirs(step_dir)
+        for rank, shard in enumerate(shards):
+            _write_tensors(os.path.join(step_dir, f"model_mp_rank_{rank:02d}.safetensors"), shard)
+        with open(os.path.join(step_dir, "config.yml"), "w", encoding="utf-8") as f:
+            f.write(dump_config(cfg))
+        # Marks the directory as a checkpoint (so `load` may name global_stepN itself); no optimizer or RNG state.
+        _write_json(os.path.join(step_dir, "trainer_state.json"), {**TrainerState(iteration=step).__dict__, "rng": None})
+        with open(os.path.join(tmp, "latest"), "w") as f:
+            f.write(f"global_step{step}\n")
+        publish(tmp, save_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return os.path.join(save_dir, f"global_step{step}")
+
+
+def _copy_tokenizer(tokenizer, cfg: Config, tmp: str, final: str) -> None:
+    """Save the tokenizer next to the checkpoint and point the config's tokenizer keys at it."""
+    if tokenizer.hf is None:  # sentencepiece: its .model file is the whole tokenizer
+        name, cfg.data.tokenizer_type = "tokenizer.model", "SPMTokenizer"
+        shutil.copyfile(cfg.data.vocab_file, os.path.join(tmp, name))
+    else:  # the tokenizers object we encode with, whichever files it was built from
+        name, cfg.data.tokenizer_type = "tokenizer.json", "HFTokenizer"
+        tokenizer.hf.save(os.path.join(tmp, name))
+    cfg.data.vocab_file, cfg.data.merge_file = os.path.join(final, name), None
+
+
+def read_weights_checkpoint(path: str):
+    """(resolved Config, [state dict per tensor-parallel rank]) of our checkpoint (save dir or global_stepN)."""
+    ckpt = resolve_checkpoint(path)
+    ranks = sorted(f for f in os.listdir(ckpt) if f.startswith("model_mp_rank_") and f.endswith(".safetensors"))
+    # Its config is valid with the processes that saved it: one RNG file each (tp x dp), or tp for converted
+    # weights, which have none.
+    world = len([f for f in os.listdir(ckpt) if f.startswith("rng_rank_")]) or len(ranks)
+    cfg = load_config([os.path.join(ckpt, "config.yml")], env={"WORLD_SIZE": str(max(1, world))})
+    expected = [f"model_mp_rank_{r:02d}.safetensors" for r in range(len(ranks))]
+    if not ranks or ranks != expected:
+        raise UserError(f"checkpoint {ckpt}: expected model_mp_rank_00.safetensors, ... one per rank, found {ranks}")
+    return cfg, [_load_tensors(os.path.join(ckpt, f)) for f in ranks]
+

@@ -10,25 +10,25 @@ import time
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import yaml
 from tqdm import tqdm
 
 from megatron_lite.build import build_tokenizer_for, default_device
 from megatron_lite.config import Config
 from megatron_lite.config_loader import dump_config
+from megatron_lite.data.batches import get_batch
 from megatron_lite.data.blended_dataset import check_token_ids, datasets_from_config
 from megatron_lite.errors import UserError, warn_once
 from megatron_lite.model.gpt import GPTModel
 from megatron_lite.model.size import count_parameters, flops_per_token
 from megatron_lite.parallel import state as parallel_state
 from megatron_lite.parallel import zero
-from megatron_lite.parallel.cross_entropy import vocab_parallel_cross_entropy
 from megatron_lite.parallel.data_parallel import GradReducer
 from megatron_lite.parallel.random import TRACKER
-from megatron_lite.precision import autocast, resolve_precision
+from megatron_lite.precision import resolve_precision
 from megatron_lite.training.checkpoint import (TrainerState, check_same_model, latest_checkpoint, load_checkpoint,
                                                save_checkpoint, saved_config)
+from megatron_lite.training.loss import dp_mean, lm_loss
 from megatron_lite.training.loss_scaler import LossScaler
 from megatron_lite.training.lr_schedule import LRSchedule
 from megatron_lite.training.memory import check_fits
@@ -46,34 +46,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def lm_loss(model, tokens: torch.Tensor, device, precision: str, fused_loss: bool = False) -> torch.Tensor:
-    """Mean next-token cross-entropy of a [b, s+1] token batch (computed in fp32, vocab-parallel when tp > 1)."""
-    inputs, labels = tokens[:, :-1], tokens[:, 1:]  # [b, s]
-    with autocast(device, precision):
-        logits = model(inputs)  # [b, s, v / tp]
-    return vocab_parallel_cross_entropy(logits.flatten(0, 1), labels.flatten(), fused_loss).mean()
-
-
-def dp_mean(value: torch.Tensor, par) -> torch.Tensor:
-    """Average a scalar over the data-parallel ranks (the global mean, as every rank's share is equal)."""
-    if par.dp_size > 1:
-        value = value.clone()
-        dist.all_reduce(value, group=par.dp_group)
-        value /= par.dp_size
-    return value
-
-
-def get_batch(dataset, start: int, size: int, device) -> torch.Tensor:
-    """Samples [start, start+size) of a dataset as a [size, s+1] int64 tensor on `device`. To a GPU the copy is
-    from page-locked memory and asynchronous: the host prepares the next micro batch while this one computes
-    (a copy from pageable memory would wait for the GPU to finish the queued backward)."""
-    rows = [dataset[(start + i) % len(dataset)]["text"] for i in range(size)]
-    batch = torch.from_numpy(np.stack(rows).astype(np.int64))  # [size, s+1]
-    if device.type == "cuda":
-        batch = batch.pin_memory()
-    return batch.to(device, non_blocking=True)
 
 
 class Trainer:

@@ -10,7 +10,7 @@ from megatron_lite.parallel.layers import gather_param
 from megatron_lite.parallel.reshard import merge_tp_shards, partition_facts, split_tp
 from megatron_lite.parallel.random import TRACKER
 from megatron_lite.training.optim import clip_grad_norm
-from megatron_lite.training.trainer import lm_loss
+from megatron_lite.training.loss import lm_loss
 from tests.conftest import tiny_model_config
 from tests.distributed.harness import run_workers
 

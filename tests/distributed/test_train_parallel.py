@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from megatron_lite.interop.ours import read_weights_checkpoint
 from megatron_lite.model.gpt import meta_model
 from megatron_lite.parallel.reshard import merge_tp_shards, partition_facts
+from megatron_lite.training.checkpoint import read_weights_checkpoint
 from tests.conftest import run_tool
 
 NO_DROPOUT = ["--hidden-dropout", "0", "--attention-dropout", "0", "--log-interval", "1"]

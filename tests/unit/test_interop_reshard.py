@@ -9,9 +9,9 @@ from megatron_lite.config_loader import load_config
 from megatron_lite.data.tokenizer import build_tokenizer, train_sentencepiece
 from megatron_lite.errors import UserError
 from megatron_lite.interop.convert import ours_to_hf, reshard_ours
-from megatron_lite.interop.ours import read_weights_checkpoint, write_weights_checkpoint
 from megatron_lite.model.gpt import GPTModel
 from megatron_lite.parallel.reshard import merge_tp_shards, partition_facts, reshard, split_tp
+from megatron_lite.training.checkpoint import read_weights_checkpoint, write_weights_checkpoint
 from tests.conftest import tiny_model_config
 
 

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 import transformers
 
 from megatron_lite.config_loader import load_config
-from megatron_lite.training.trainer import Trainer, get_batch
+from megatron_lite.data.batches import get_batch
+from megatron_lite.training.trainer import Trainer
 
 STEPS, LR, MIN_LR, WARMUP, CLIP, DECAY, GAS = 50, 3e-3, 3e-4, 0.1, 0.5, 0.1, 2
 
