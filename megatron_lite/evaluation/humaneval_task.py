@@ -51,8 +51,8 @@ def humaneval(cfg, plan, model, tokenizer, precision, rank):
     if samples is None:
         if par.dp_rank != 0:
             return {}
-        generator = TextGenerator(model, tokenizer, cfg.generate, cfg.model.max_position_embeddings, seed=cfg.train.seed,
-                                  precision=precision)
+        generator = TextGenerator(model, tokenizer, cfg.generate, cfg.model.max_position_embeddings,
+                                  seed=cfg.train.seed, precision=precision)
         path = f"{prefix}_humaneval_samples.jsonl" if prefix else os.path.join(tempfile.mkdtemp(), "samples.jsonl")
         synced = functools.partial(dist.barrier, group=par.tp_group) if par.tp_size > 1 else None
         samples = he.generate_samples(generator, problems, e.humaneval_num_samples, e.humaneval_batch_size, path,

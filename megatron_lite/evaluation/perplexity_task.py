@@ -84,7 +84,8 @@ def plan(cfg):
     if cfg.eval.eval_data_dir or cfg.eval.eval_files:
         return "languages", plan_language_perplexity(cfg)
     if cfg.data.data_path is None:
-        raise UserError("no evaluation data: set 'data-path' to a preprocessed PREFIX, or 'eval-data-dir' / 'eval-files'")
+        raise UserError("no evaluation data: set 'data-path' to a preprocessed PREFIX, or 'eval-data-dir' / "
+                        "'eval-files'")
     return "split", None
 
 
