@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_lite.model import fused  # noqa: E402
+from megatron_lite.ops import fused  # noqa: E402
 from device import add_device_argument, select_device, timed  # noqa: E402
 
 TOLERANCE = {torch.float32: dict(atol=1e-5, rtol=1e-4), torch.bfloat16: dict(atol=2e-2, rtol=2e-2),

@@ -1,5 +1,5 @@
 // Fused bias + GeLU (tanh form, as GPT-NeoX's bias_gelu_impl) on CUDA, fp32 / fp16 / bf16, forward and backward.
-// Python reference: megatron_lite/model/fused.py::bias_gelu_reference. x [rows, h], bias [h] in fp32.
+// Python reference: megatron_lite/ops/fused.py::bias_gelu_reference. x [rows, h], bias [h] in fp32.
 #include "cuda_common.cuh"
 #include "fused_cuda.h"
 

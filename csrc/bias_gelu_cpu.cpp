@@ -1,5 +1,5 @@
 // Fused bias + GeLU (tanh form, as GPT-NeoX's bias_gelu_impl) on CPU, fp32 and bf16, forward and backward.
-// Python reference: megatron_lite/model/fused.py::bias_gelu_reference.
+// Python reference: megatron_lite/ops/fused.py::bias_gelu_reference.
 // y = gelu(x + bias), x [..., h], bias [h]; the bias is fp32 (an autocast master weight) for either dtype.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>

@@ -1,5 +1,5 @@
 // y = x W^T + b for a few rows of x on CPU (fp32, bf16): the linear layers of a decoding step.
-// Python reference: megatron_lite/model/fused.py::decode_linear_reference (F.linear).
+// Python reference: megatron_lite/ops/fused.py::decode_linear_reference (F.linear).
 // Used by megatron_lite/generation/fast_decode.py.
 // At batch 1 a decoding step streams every weight once per token, so its speed is the speed the weights
 // come from memory. Here each thread streams one contiguous block of weight rows, which measured ~3x the

@@ -1,5 +1,5 @@
 // Scaled softmax with an arbitrary boolean mask on CUDA, fp32 / fp16 / bf16, forward and backward.
-// Python reference: megatron_lite/model/fused.py::masked_softmax_reference. Scores [b, np, sq, sk], mask
+// Python reference: megatron_lite/ops/fused.py::masked_softmax_reference. Scores [b, np, sq, sk], mask
 // [b or 1, 1, sq, sk] with nonzero = masked out; masked entries get 0, a fully masked row is all zeros.
 #include "cuda_common.cuh"
 #include "fused_cuda.h"

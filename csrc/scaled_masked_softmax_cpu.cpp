@@ -1,5 +1,5 @@
 // Scaled softmax with an arbitrary boolean mask on CPU, fp32 and bf16, forward and backward.
-// Python reference: megatron_lite/model/fused.py::masked_softmax_reference.
+// Python reference: megatron_lite/ops/fused.py::masked_softmax_reference.
 // Scores [b, np, sq, sk]; mask [b or 1, 1, sq, sk], true = masked out (Megatron's convention).
 // Masked entries get probability 0; a row with every entry masked is all zeros (not NaN).
 #include <ATen/Parallel.h>

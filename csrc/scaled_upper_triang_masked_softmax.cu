@@ -1,5 +1,5 @@
 // Causal (upper-triangular masked) scaled softmax on CUDA, fp32 / fp16 / bf16, forward and backward.
-// Python reference: megatron_lite/model/fused.py::causal_softmax_reference. One block per row; row r of
+// Python reference: megatron_lite/ops/fused.py::causal_softmax_reference. One block per row; row r of
 // a [batch, sq, sk] tensor sees keys 0 .. r % sq + (sk - sq); masked keys are written as 0, never read.
 #include "cuda_common.cuh"
 #include "fused_cuda.h"

@@ -1,5 +1,5 @@
 // Causal (upper-triangular masked) scaled softmax on CPU, fp32 and bf16, forward and backward.
-// Python reference: megatron_lite/model/fused.py::causal_softmax_reference.
+// Python reference: megatron_lite/ops/fused.py::causal_softmax_reference.
 // Row i of a [batch, sq, sk] score tensor sees keys 0..i + (sk - sq); the rest get probability 0
 // and are never read, so masked work is skipped instead of filled with -inf.
 #include <ATen/Parallel.h>

@@ -1,5 +1,5 @@
 // Fused softmax cross-entropy on CUDA over fp32 / fp16 / bf16 logits, forward and backward.
-// Python reference: megatron_lite/model/fused.py::softmax_cross_entropy_reference. One block per row:
+// Python reference: megatron_lite/ops/fused.py::softmax_cross_entropy_reference. One block per row:
 // loss = logsumexp(x) - x[label] in fp32; backward writes (softmax - onehot) * grad in the logits' dtype.
 #include "cuda_common.cuh"
 #include "fused_cuda.h"

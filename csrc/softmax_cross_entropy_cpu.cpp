@@ -1,5 +1,5 @@
 // Fused softmax cross-entropy on CPU over fp32 or bf16 logits, forward and backward.
-// Python reference: megatron_lite/model/fused.py::softmax_cross_entropy_reference.
+// Python reference: megatron_lite/ops/fused.py::softmax_cross_entropy_reference.
 // loss[n] = logsumexp(x[n]) - x[n, label[n]], in fp32 without an fp32 copy of the logits; backward writes
 // (softmax - onehot) * grad straight into the logits' dtype, from the saved logsumexp.
 #include <ATen/Parallel.h>

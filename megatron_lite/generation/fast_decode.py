@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from megatron_lite.model import fused
+from megatron_lite.ops import fused
 from megatron_lite.model.gpt import GPTModel
 
 # Rows up to which the kernel measured faster than torch's linear on this 2-core CPU (8 is its limit).

@@ -9,7 +9,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from megatron_lite.model import fused
+from megatron_lite.ops import fused
 
 CAUSAL_KEY, MASKED_KEY = "scaled-upper-triang-masked-softmax-fusion", "scaled-masked-softmax-fusion"
 

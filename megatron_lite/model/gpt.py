@@ -9,7 +9,7 @@ from torch.utils.checkpoint import checkpoint
 
 from megatron_lite.config import ModelConfig
 from megatron_lite.errors import UserError
-from megatron_lite.model import fused
+from megatron_lite.ops import fused
 from megatron_lite.model.attention import attention_core
 from megatron_lite.model.init import init_weights, writes_residual
 from megatron_lite.model.kv_cache import KVCache

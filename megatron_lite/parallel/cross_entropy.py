@@ -4,7 +4,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from megatron_lite.model import fused
+from megatron_lite.ops import fused
 from megatron_lite.parallel import state
 
 

@@ -13,7 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from megatron_lite.config import Config
 from megatron_lite.errors import UserError
-from megatron_lite.model import fused
+from megatron_lite.ops import fused
 from megatron_lite.model.attention import attention_core, reference_attention, sdpa_attention
 from megatron_lite.model.gpt import kv_heads, mlp_width
 from megatron_lite.model.size import layer_matmul_parameters

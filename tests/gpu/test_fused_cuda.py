@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from megatron_lite.model import fused
+from megatron_lite.ops import fused
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-4), torch.float16: dict(atol=2e-3, rtol=2e-3),

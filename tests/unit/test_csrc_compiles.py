@@ -15,11 +15,11 @@ NVCC = shutil.which("nvcc") or next(iter(glob.glob("/usr/local/cuda*/bin/nvcc"))
 
 
 def test_every_kernel_file_names_its_python_reference():
-    from megatron_lite.model import fused
+    from megatron_lite.ops import fused
 
     for path in glob.glob(os.path.join(CSRC, "*.cu")) + glob.glob(os.path.join(CSRC, "*_cpu.cpp")):
         text = open(path).read()
-        names = [w.split("::")[1].rstrip(".") for w in text.split() if w.startswith("megatron_lite/model/fused.py::")]
+        names = [w.split("::")[1].rstrip(".") for w in text.split() if w.startswith("megatron_lite/ops/fused.py::")]
         assert names and all(hasattr(fused, n) for n in names), f"{path} must name its reference in fused.py"
 
 

@@ -1,4 +1,4 @@
-"""The csrc/ CPU kernels against their plain torch references (megatron_lite/model/fused.py), and their use
+"""The csrc/ CPU kernels against their plain torch references (megatron_lite/ops/fused.py), and their use
 in the model: attention paths, bias-GeLU, fallbacks, activation checkpointing."""
 
 import pytest
@@ -6,7 +6,8 @@ import torch
 
 from megatron_lite.config import ModelConfig
 from megatron_lite.errors import _warned
-from megatron_lite.model import attention, fused
+from megatron_lite.model import attention
+from megatron_lite.ops import fused
 from megatron_lite.model.gpt import GPTModel
 from tests.conftest import tiny_model_config
 

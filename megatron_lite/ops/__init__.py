@@ -1,0 +1,1 @@
+"""Kernel bindings (csrc/) with their plain torch references: below model/ and parallel/, which both use them."""
