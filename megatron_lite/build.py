@@ -8,6 +8,12 @@ import torch
 from megatron_lite.config import Config, pad_vocab_size
 from megatron_lite.data.tokenizer import build_tokenizer
 from megatron_lite.errors import UserError
+from megatron_lite.interop.hf import is_hf_dir, load_hf_dir
+from megatron_lite.model.gpt import GPTModel
+from megatron_lite.parallel import state as parallel_state
+from megatron_lite.parallel.reshard import partition_facts, split_tp
+from megatron_lite.training.checkpoint import (latest_checkpoint, load_model_weights, load_state_checked,
+                                               resolve_checkpoint, saved_config)
 
 
 def default_device() -> torch.device:
@@ -18,8 +24,6 @@ def checkpoint_padded_vocab_size(load: str, tp_size: int) -> Optional[int]:
     """The padded vocabulary size in the config.yml of our checkpoint that `load` names (a save directory or
     global_stepN), or None when there is none yet. Padding depends on the tp size the checkpoint was trained
     at (50257 tokens: 50304 rows at tp=1, 50432 at tp=2), so loading at another tp size must keep it."""
-    from megatron_lite.training.checkpoint import latest_checkpoint, saved_config
-
     if os.path.isfile(os.path.join(load, "trainer_state.json")):
         ckpt = load
     elif os.path.isdir(load):
@@ -57,12 +61,6 @@ def build_tokenizer_for(cfg: Config):
 def load_trained_model(cfg: Config):
     """(model in eval mode, tokenizer, device) from the checkpoint that 'load' names: our save directory,
     a global_stepN directory, or a Hugging Face GPT-NeoX directory (its config.json and tokenizer win)."""
-    from megatron_lite.interop.hf import is_hf_dir, load_hf_dir
-    from megatron_lite.model.gpt import GPTModel
-    from megatron_lite.parallel import state as parallel_state
-    from megatron_lite.parallel.reshard import partition_facts, split_tp
-    from megatron_lite.training.checkpoint import load_model_weights, load_state_checked, resolve_checkpoint
-
     if not cfg.train.load:
         raise UserError("no checkpoint to use: set 'load' to a save directory or a global_stepN directory")
     hf_weights = load_hf_dir(cfg.train.load, cfg.model, cfg.data) if is_hf_dir(cfg.train.load) else None

@@ -8,6 +8,8 @@ import textwrap
 import tokenize
 from typing import List, Optional, Union
 
+from megatron_lite.errors import UserError
+
 FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"
 FIM_TOKENS = (FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX)
 
@@ -115,8 +117,6 @@ TEXT_TRANSFORMS = {
 
 
 def check_fim(rate: float, spm_rate: float, ids: dict, vocab_file: str) -> None:
-    from megatron_lite.errors import UserError
-
     if not 0.0 <= rate <= 1.0 or not 0.0 <= spm_rate <= 1.0:
         raise UserError(f"fim-rate and fim-spm-rate must be in [0, 1], got {rate} and {spm_rate}")
     missing = [t for t in FIM_TOKENS if ids.get(t) is None]

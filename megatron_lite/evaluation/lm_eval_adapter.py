@@ -13,8 +13,12 @@ from typing import List, Tuple
 
 import torch
 
+from megatron_lite.build import load_trained_model
 from megatron_lite.config import GenerateConfig
+from megatron_lite.config_loader import load_config
 from megatron_lite.evaluation.perplexity import rolling_windows, window_nll
+from megatron_lite.generation.engine import TextGenerator
+from megatron_lite.precision import autocast, resolve_precision
 
 
 class Scorer:
@@ -70,8 +74,6 @@ class Scorer:
 
     def generate_until(self, requests: List[Tuple[str, dict]]) -> List[str]:
         """Greedy (or the given sampling) continuation of each context, cut at the first `until` string."""
-        from megatron_lite.generation.engine import TextGenerator
-
         out = []
         for context, kwargs in requests:
             until = kwargs.get("until") or []
@@ -94,10 +96,6 @@ def register():
 
         def __init__(self, config: str, load: str = None, batch_size=8, **_harness_options):
             super().__init__()
-            from megatron_lite.build import load_trained_model
-            from megatron_lite.config_loader import load_config
-            from megatron_lite.precision import autocast, resolve_precision
-
             cfg = load_config(config.split("+"), training=False)
             if load:
                 cfg.train.load = load
