@@ -4,6 +4,7 @@ Each field is one config key (GPT-NeoX spelling with underscores; dashes are acc
 Each subsystem receives its own section, never the whole Config.
 """
 
+import re
 from dataclasses import MISSING, dataclass, field, fields
 from typing import List, Literal, Optional, get_args, get_origin
 
@@ -26,6 +27,14 @@ def opt(default, doc: str):
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
     return field(default=default, metadata={"doc": doc})
+
+
+def positive(section, *keys):
+    """(key, message) for each of keys whose value is set and not a positive integer."""
+    for key in keys:
+        value = getattr(section, key)
+        if value is not None and value <= 0:
+            yield key, f"must be a positive integer, got {value}"
 
 
 @dataclass
@@ -71,6 +80,24 @@ class ModelConfig:
     checkpoint_activations: bool = opt(False, "recompute each layer's activations in backward to save memory")
     checkpoint_num_layers: int = opt(1, "layers per activation checkpoint (inputs kept every this many layers)")
 
+    def problems(self):
+        """(key, message) for every setting of this section that is wrong on its own."""
+        yield from positive(self, "num_layers", "hidden_size", "num_attention_heads", "seq_length",
+                            "max_position_embeddings", "checkpoint_num_layers", "padded_vocab_size", "num_kv_heads")
+        if self.hidden_size % self.num_attention_heads:
+            yield "num_attention_heads", (f"hidden-size {self.hidden_size} is not divisible by num-attention-heads "
+                                          f"{self.num_attention_heads}")
+        if self.num_kv_heads and self.num_attention_heads % self.num_kv_heads:
+            yield "num_kv_heads", f"{self.num_kv_heads} does not divide num-attention-heads {self.num_attention_heads}"
+        if self.max_position_embeddings < self.seq_length:
+            yield "max_position_embeddings", (f"{self.max_position_embeddings} is smaller than seq-length "
+                                              f"{self.seq_length}")
+        if not 0.0 < self.rotary_pct <= 1.0:
+            yield "rotary_pct", f"must be in (0, 1], got {self.rotary_pct}"
+        for key in ("hidden_dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                yield key, f"must be in [0, 1), got {getattr(self, key)}"
+
 
 @dataclass
 class ParallelConfig:
@@ -91,6 +118,11 @@ class ParallelConfig:
     master_port: int = opt(29500, "rendezvous port")
     distributed_timeout: int = opt(300, "seconds a collective may wait for a lost rank before the job fails")
     ddp_bucket_mb: float = opt(25.0, "data-parallel gradient all-reduce bucket size in MiB")
+
+    def problems(self):
+        yield from positive(self, "model_parallel_size", "num_procs", "num_gpus")
+        if self.pipe_parallel_size > 1:
+            yield "pipe_parallel_size", "pipeline parallelism is not supported; use 0 or 1"
 
 
 @dataclass
@@ -135,6 +167,21 @@ class OptimConfig:
     zero_options: dict = opt({}, "the other zero_optimization keys, passed to DeepSpeed as they are (bucket sizes, "
                                  "overlap_comm, offload_optimizer, ...)")
 
+    def problems(self):
+        yield from positive(self, "lr_decay_iters")
+        if self.lr <= 0:
+            yield "lr", f"learning rate must be positive, got {self.lr}"
+        if self.min_lr > self.lr:
+            yield "min_lr", f"min-lr {self.min_lr} is larger than lr {self.lr}"
+        if not 0.0 <= self.warmup <= 1.0:
+            yield "warmup", f"a fraction in [0, 1] is expected, got {self.warmup}"
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            yield "betas", f"expected two numbers in [0, 1), got {self.betas}"
+        if self.gradient_clipping < 0:
+            yield "gradient_clipping", f"must be >= 0, got {self.gradient_clipping}"
+        if self.lr_decay_fraction is not None and not 0.0 < self.lr_decay_fraction <= 1.0:
+            yield "lr_decay_fraction", f"a fraction in (0, 1] is expected, got {self.lr_decay_fraction}"
+
 
 @dataclass
 class TrainConfig:
@@ -155,6 +202,11 @@ class TrainConfig:
     train_time_budget: Optional[float] = opt(None, "seconds of training steps to fit the run into: its speed is "
                                                    "measured first, then train-iters (an upper bound) and the lr "
                                                    "schedule shrink to fit; evaluation and saving not counted")
+
+    def problems(self):
+        yield from positive(self, "train_iters", "eval_iters", "eval_interval", "train_micro_batch_size_per_gpu",
+                            "gradient_accumulation_steps", "train_batch_size", "save_interval",
+                            "keep_last_n_checkpoints", "exit_interval")
 
 
 @dataclass
@@ -194,6 +246,30 @@ class GenerateConfig:
     sample_input_file: Optional[str] = opt(None, "input-file prompts: a text file is one prompt, jsonl 'prompt' fields many")
     sample_output_file: Optional[str] = opt(None, "where generated samples are written (jsonl)")
     recompute: bool = opt(False, "recompute the full context each step instead of a KV cache")
+
+    def problems(self):
+        yield from positive(self, "maximum_tokens", "num_samples")
+        if self.temperature < 0:
+            yield "temperature", f"must be >= 0, got {self.temperature}"
+        if not 0.0 <= self.top_p <= 1.0:
+            yield "top_p", f"must be in [0, 1], got {self.top_p}"
+        if self.top_k < 0:
+            yield "top_k", f"must be >= 0, got {self.top_k}"
+        if self.repetition_penalty <= 0:
+            yield "repetition_penalty", f"must be > 0, got {self.repetition_penalty}"
+        if not 0.0 <= self.penalty_alpha <= 1.0:
+            yield "penalty_alpha", f"must be in [0, 1], got {self.penalty_alpha}"
+        if self.penalty_alpha > 0 and self.top_k < 2:
+            yield "penalty_alpha", f"contrastive search needs top-k >= 2, got top-k {self.top_k}"
+        if self.num_beams < 1:
+            yield "num_beams", f"must be >= 1, got {self.num_beams}"
+        if self.num_beams > 1 and self.num_samples > self.num_beams:
+            yield "num_samples", f"beam search returns at most num-beams = {self.num_beams} samples"
+        for pattern in self.truncate_before_pattern:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                yield "truncate_before_pattern", f"{pattern!r} is not a regular expression: {e}"
 
 
 @dataclass
@@ -243,6 +319,9 @@ class LogConfig:
     wandb_team: Optional[str] = opt(None, "Weights & Biases entity (team or user)")
     wandb_run_name: Optional[str] = opt(None, "Weights & Biases run name")
     wandb_host: str = opt("https://api.wandb.ai", "Weights & Biases server")
+
+    def problems(self):
+        yield from positive(self, "log_interval")
 
 
 SECTIONS = {

@@ -9,7 +9,6 @@ import difflib
 import importlib.util
 import math
 import os
-import re
 import typing
 from dataclasses import fields
 
@@ -322,7 +321,8 @@ def _convert(value, annotation, where):
 
 
 def _derive_and_validate(cfg, raw, env, training=True):
-    """Cross-field checks and derived values (data-parallel size, batch arithmetic, lr decay span)."""
+    """Each section's own checks, then what spans sections: derived values (data-parallel size, batch arithmetic,
+    lr decay span) and the checks that need them or the environment."""
 
     def where(key):
         value, source, spelling = raw.get(key, (None, "default", key.replace("_", "-")))
@@ -334,43 +334,12 @@ def _derive_and_validate(cfg, raw, env, training=True):
         if value not in allowed:
             raise UserError(f"{where(key)}: {value!r} is not supported; expected one of {', '.join(allowed)}")
 
+    for name in SECTIONS:  # each section's own checks, next to its fields in config.py
+        section = getattr(cfg, name)
+        for key, message in getattr(section, "problems", lambda: ())():
+            raise UserError(f"{where(key)}: {message}")
+
     m, t, o, p = cfg.model, cfg.train, cfg.optim, cfg.parallel
-    positive = {
-        "num_layers": m.num_layers, "hidden_size": m.hidden_size, "num_attention_heads": m.num_attention_heads,
-        "seq_length": m.seq_length, "max_position_embeddings": m.max_position_embeddings,
-        "train_iters": t.train_iters, "eval_iters": t.eval_iters, "eval_interval": t.eval_interval,
-        "log_interval": cfg.log.log_interval, "model_parallel_size": p.model_parallel_size,
-        "maximum_tokens": cfg.generate.maximum_tokens, "num_samples": cfg.generate.num_samples,
-        "checkpoint_num_layers": m.checkpoint_num_layers,
-    }
-    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size",
-                "save_interval", "keep_last_n_checkpoints", "lr_decay_iters", "exit_interval", "padded_vocab_size",
-                "num_procs", "num_gpus"):
-        section = FIELDS[key][0]
-        if getattr(getattr(cfg, section), key) is not None:
-            positive[key] = getattr(getattr(cfg, section), key)
-    for key, value in positive.items():
-        if value <= 0:
-            raise UserError(f"{where(key)}: must be a positive integer, got {value}")
-
-    if m.hidden_size % m.num_attention_heads:
-        raise UserError(
-            f"{where('num_attention_heads')}: hidden-size {m.hidden_size} is not divisible by "
-            f"num-attention-heads {m.num_attention_heads}"
-        )
-    if m.max_position_embeddings < m.seq_length:
-        raise UserError(
-            f"{where('max_position_embeddings')}: {m.max_position_embeddings} is smaller than "
-            f"seq-length {m.seq_length}"
-        )
-    if not 0.0 < m.rotary_pct <= 1.0:
-        raise UserError(f"{where('rotary_pct')}: must be in (0, 1], got {m.rotary_pct}")
-    for key in ("hidden_dropout", "attention_dropout"):
-        if not 0.0 <= getattr(m, key) < 1.0:
-            raise UserError(f"{where(key)}: must be in [0, 1), got {getattr(m, key)}")
-
-    if p.pipe_parallel_size > 1:
-        raise UserError(f"{where('pipe_parallel_size')}: pipeline parallelism is not supported; use 0 or 1")
     p.world_size = int(env.get("WORLD_SIZE", 1))
     if p.world_size % p.model_parallel_size:
         raise UserError(
@@ -385,18 +354,6 @@ def _derive_and_validate(cfg, raw, env, training=True):
         t.train_micro_batch_size_per_gpu = 1
     _derive_batch(t, p.data_parallel_size, where)
 
-    if o.lr <= 0:
-        raise UserError(f"{where('lr')}: learning rate must be positive, got {o.lr}")
-    if o.min_lr > o.lr:
-        raise UserError(f"{where('min_lr')}: min-lr {o.min_lr} is larger than lr {o.lr}")
-    if not 0.0 <= o.warmup <= 1.0:
-        raise UserError(f"{where('warmup')}: a fraction in [0, 1] is expected, got {o.warmup}")
-    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
-        raise UserError(f"{where('betas')}: expected two numbers in [0, 1), got {o.betas}")
-    if o.gradient_clipping < 0:
-        raise UserError(f"{where('gradient_clipping')}: must be >= 0, got {o.gradient_clipping}")
-    if o.lr_decay_fraction is not None and not 0.0 < o.lr_decay_fraction <= 1.0:
-        raise UserError(f"{where('lr_decay_fraction')}: a fraction in (0, 1] is expected, got {o.lr_decay_fraction}")
     if o.lr_decay_iters is None:  # GPT-NeoX: lr-decay-iters, else floor(train-iters x lr-decay-fraction)
         o.lr_decay_iters = max(1, math.floor(t.train_iters * o.lr_decay_fraction)) if o.lr_decay_fraction \
             else t.train_iters
@@ -415,29 +372,6 @@ def _derive_and_validate(cfg, raw, env, training=True):
             f"zero_optimization stage {o.zero_stage} shards optimizer state across data-parallel ranks; "
             "with one data-parallel rank it has no effect"
         )
-
-    g = cfg.generate
-    if g.temperature < 0:
-        raise UserError(f"{where('temperature')}: must be >= 0, got {g.temperature}")
-    if not 0.0 <= g.top_p <= 1.0:
-        raise UserError(f"{where('top_p')}: must be in [0, 1], got {g.top_p}")
-    if g.top_k < 0:
-        raise UserError(f"{where('top_k')}: must be >= 0, got {g.top_k}")
-    if g.repetition_penalty <= 0:
-        raise UserError(f"{where('repetition_penalty')}: must be > 0, got {g.repetition_penalty}")
-    if not 0.0 <= g.penalty_alpha <= 1.0:
-        raise UserError(f"{where('penalty_alpha')}: must be in [0, 1], got {g.penalty_alpha}")
-    if g.penalty_alpha > 0 and g.top_k < 2:
-        raise UserError(f"{where('penalty_alpha')}: contrastive search needs top-k >= 2, got top-k {g.top_k}")
-    if g.num_beams < 1:
-        raise UserError(f"{where('num_beams')}: must be >= 1, got {g.num_beams}")
-    if g.num_beams > 1 and g.num_samples > g.num_beams:
-        raise UserError(f"{where('num_samples')}: beam search returns at most num-beams = {g.num_beams} samples")
-    for pattern in g.truncate_before_pattern:
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise UserError(f"{where('truncate_before_pattern')}: {pattern!r} is not a regular expression: {e}") from None
 
 
 def _derive_batch(t, dp, where):
