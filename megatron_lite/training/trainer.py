@@ -13,7 +13,6 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from megatron_lite.build import build_tokenizer_for, default_device
 from megatron_lite.config import Config
 from megatron_lite.config_loader import dump_config
 from megatron_lite.data.batches import get_batch
@@ -25,7 +24,7 @@ from megatron_lite.parallel import state as parallel_state
 from megatron_lite.parallel import zero
 from megatron_lite.parallel.data_parallel import GradReducer
 from megatron_lite.parallel.random import TRACKER
-from megatron_lite.precision import resolve_precision
+from megatron_lite.precision import default_device, resolve_precision
 from megatron_lite.training.checkpoint import (TrainerState, check_same_model, latest_checkpoint, load_checkpoint,
                                                save_checkpoint, saved_config)
 from megatron_lite.training.loss import dp_mean, lm_loss
@@ -35,6 +34,7 @@ from megatron_lite.training.memory import check_fits
 from megatron_lite.training.metrics import Throughput, peak_tflops
 from megatron_lite.training.optim import build_optimizer, clip_grad_norm
 from megatron_lite.training.time_budget import planned_iterations, seconds_per_step
+from megatron_lite.training.vocab import build_tokenizer_for
 from megatron_lite.training.wandb_logger import WandbLogger, wandb_wanted
 
 # Keys whose change on resume re-shapes the learning-rate schedule mid-run.

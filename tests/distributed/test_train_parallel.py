@@ -96,7 +96,7 @@ def test_checkpoint_padded_vocab_survives_a_tensor_parallel_size_change(micro_co
 
 
 def test_checkpoint_padded_vocab_that_tp_does_not_divide_is_a_clear_error(small_corpus, tmp_path):
-    from megatron_lite.build import build_tokenizer_for
+    from megatron_lite.training.vocab import build_tokenizer_for
     from megatron_lite.config import Config
     from megatron_lite.errors import UserError
 
