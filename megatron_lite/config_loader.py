@@ -279,6 +279,8 @@ def _convert(value, annotation, where):
             return None
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
         origin = typing.get_origin(annotation)
+    if origin is typing.Literal:  # a choice key: read as a string here, checked against its values later
+        annotation, origin = str, None
     if isinstance(value, CommandLineValue):  # "def f():" stays a string; "3" becomes 3 for an int key
         value = str(value) if annotation is str else value.parsed()
     if origin in (list, typing.List):
