@@ -67,8 +67,9 @@ def _read_layer(files: list, layer: int, wanted: tuple) -> list:
 
 
 # Current GPT-NeoX names its MLP linear1 / linear2 and its RMSNorm weight `scale`; PolyCoder's names are ours.
+# (The final norm's keys are renamed where its pipeline layer is read.)
 LAYER_RENAMES = (("mlp.linear1.", "mlp.dense_h_to_4h."), ("mlp.linear2.", "mlp.dense_4h_to_h."),
-                 ("layernorm.scale", "layernorm.weight"), ("norm.scale", "norm.weight"))
+                 ("layernorm.scale", "layernorm.weight"))
 
 
 def _renamed(key: str) -> str:

@@ -13,10 +13,10 @@ from torch.profiler import ProfilerActivity, profile
 
 from megatron_lite.config import Config
 from megatron_lite.errors import UserError
-from megatron_lite.ops import fused
 from megatron_lite.model.attention import attention_core, reference_attention, sdpa_attention
 from megatron_lite.model.gpt import kv_heads, mlp_width
 from megatron_lite.model.size import layer_matmul_parameters
+from megatron_lite.ops import fused
 
 GIB = 1024**3
 
@@ -68,8 +68,8 @@ def estimate_training_bytes(cfg: Config, num_params: int, precision: str, device
     layer += _scores_bytes(cfg, device_type, act) * b * heads / tp * s * s
     if m.hidden_dropout > 0:
         layer += 2 * sbh  # two bool masks
-    layer_weights = layer_matmul_parameters(m) / tp
-    layer += 2 * layer_weights if act == 2 else 0  # autocast's 16-bit weight copies, kept for backward
+    layer_matrices = layer_matmul_parameters(m)  # the whole layer's; this process holds 1/tp of them
+    layer += 2 * layer_matrices / tp if act == 2 else 0  # autocast's 16-bit weight copies, kept for backward
     head = norm * sbh + (2 * v * h / tp if act == 2 else 0)  # the final norm, the output weight's copy
     if m.cross_entropy_loss_fusion and tp == 1 and fused.kernel_for(device_type, _dtype(act))[0] is not None:
         logits = 2 * act * b * s * v  # the kernel keeps the logits as they are; their gradient
@@ -86,13 +86,13 @@ def estimate_training_bytes(cfg: Config, num_params: int, precision: str, device
         return 4 * sbh * math.ceil(first / n) if m.checkpoint_activations else layer * first
 
     def grads(layers_done: int) -> float:
-        return all_grads if persistent else grad_share * (v * h + layer_weights * tp * layers_done)
+        return all_grads if persistent else grad_share * (v * h + layer_matrices * layers_done)
 
     phases = [(saved(L) + head + logits, grads(0))]  # the loss's backward
     working = 4 * sbh + act * s * b * width / tp  # the residual's fp32 gradient and the MLP's inner gradient
     for first in range(0, L, n):  # each group's first layer
-        width = min(n, L - first)
-        phases.append((saved(first) + width * layer + working, grads(L - first)))
+        group = min(n, L - first)
+        phases.append((saved(first) + group * layer + working, grads(L - first)))
     phases.append((0, all_grads))  # the optimizer step
     activations, gradients = max(phases, key=sum)
     parts = {"weights": weights, "optimizer": optimizer, "gradients": gradients, "activations": activations}
